@@ -1,0 +1,22 @@
+"""fastattn: fused attention, LayerNorm and feed-forward kernels for BERT-style encoders.
+
+``import fastattn`` touches no CUDA and works without triton; kernels are compiled on first use.
+"""
+from fastattn import reference
+from fastattn.backends import (BackendUnavailableError, get_default_backend,
+                               set_default_backend, use_backend)
+from fastattn.functional import attention, scaled_dot_product_attention
+from fastattn.modules import SelfAttention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "SelfAttention",
+    "attention",
+    "get_default_backend",
+    "reference",
+    "scaled_dot_product_attention",
+    "set_default_backend",
+    "use_backend",
+]

@@ -1,0 +1,192 @@
+"""Public attention functions: input checks, mask rules and backend dispatch.
+
+Two mask conventions, one kernel:
+
+* :func:`attention` follows the guide's rule: where ``mask == 0`` the scaled score is replaced
+  by -1e10 (for any mask dtype: bool, integer 0/1, float).  A fully masked row averages V.
+* :func:`scaled_dot_product_attention` follows ``torch.nn.functional.scaled_dot_product_attention``:
+  a bool mask keeps the positions where it is True, a float mask is added to the scores.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from fastattn.backends import BackendUnavailableError, resolve_backend
+from fastattn.ops.attention import triton_attention
+from fastattn.reference import attention_reference
+
+MASK_NONE, MASK_KEEP, MASK_ADD = 0, 1, 2
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+
+
+def _check_qkv(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have 4 dims (N, H, L, D), got shape {tuple(t.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.dtype.is_floating_point:
+        raise TypeError(f"q, k, v must be floating point, got {q.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    n, h, _, d = q.shape
+    if k.shape[:2] != (n, h) or v.shape[:2] != (n, h):
+        raise ValueError(f"q, k, v must share (N, H); got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"k and v must have the same length L_k, got k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if k.shape[3] != d or v.shape[3] != d:
+        raise ValueError(f"q, k, v must share head_dim D, got {d}, {k.shape[3]}, {v.shape[3]}")
+    if k.shape[2] == 0 and q.shape[2] > 0:
+        raise ValueError("k and v must have at least one key (L_k >= 1)")
+
+
+def _check_mask(mask, q, k, *, key_padding_2d: bool):
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+    if mask.device != q.device:
+        raise ValueError(f"mask is on {mask.device} but q is on {q.device}")
+    if mask.is_complex():
+        raise TypeError(f"mask dtype {mask.dtype} is not supported")
+    n, h, lq, _ = q.shape
+    lk = k.shape[2]
+    target = (n, h, lq, lk)
+    shape = tuple(mask.shape)
+    if key_padding_2d and mask.dim() == 2:
+        if shape != (n, lk) and shape not in ((1, lk), (n, 1), (1, 1)):
+            raise ValueError(f"a 2-D mask is a key-padding mask of shape (N, L_k) = {(n, lk)}, "
+                             f"got {shape}")
+        return mask
+    if mask.dim() > 4:
+        raise ValueError(f"mask must have at most 4 dims, got shape {shape}")
+    padded = (1,) * (4 - len(shape)) + shape
+    if any(m not in (1, t) for m, t in zip(padded, target)):
+        raise ValueError(f"mask of shape {shape} is not broadcastable to (N, H, L_q, L_k) = "
+                         f"{target}")
+    return mask
+
+
+def _check_scale(scale):
+    if scale is None:
+        return None
+    if isinstance(scale, torch.Tensor) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a Python float or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return float(scale)
+
+
+def _check_kernel_inputs(q):
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"the fused kernels take float16, bfloat16 or float32, got {q.dtype}")
+    d = q.shape[-1]
+    if d % 8 != 0 or not MIN_HEAD_DIM <= d <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be a multiple of 8 between {MIN_HEAD_DIM} and "
+                         f"{MAX_HEAD_DIM}, got {d}")
+
+
+def _torch_path(q, k, v, mask, mask_kind, causal, scale):
+    """Plain PyTorch, scores materialized; low-precision inputs are computed in fp32."""
+    low = q.dtype in (torch.float16, torch.bfloat16)
+    up = (lambda t: t.float()) if low else (lambda t: t)
+    keep = mask if mask_kind == MASK_KEEP else None
+    add = up(mask) if mask_kind == MASK_ADD else None
+    out = attention_reference(up(q), up(k), up(v), keep, causal=causal, scale=scale,
+                              additive_mask=add)
+    return out.to(q.dtype)
+
+
+def _dispatch(q, k, v, mask, mask_kind, causal, scale, backend):
+    chosen = resolve_backend(backend, q.device)
+    if chosen == "torch":
+        return _torch_path(q, k, v, mask, mask_kind, causal, scale)
+    _check_kernel_inputs(q)
+    if chosen == "cuda":
+        raise BackendUnavailableError("backend='cuda' has no attention kernel in this build")
+    return triton_attention(q, k, v, mask, mask_kind, causal, scale)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              mask: Optional[torch.Tensor] = None, *, causal: bool = False,
+              scale: Optional[float] = None, backend: Optional[str] = None) -> torch.Tensor:
+    """Fused multi-head attention with the guide's mask rule.
+
+    Args:
+        q: (N, H, L_q, D) queries.  Any strides (a copy is made only if the last is not 1).
+        k: (N, H, L_k, D) keys.  v: (N, H, L_k, D) values.  L_q may differ from L_k.
+        mask: optional; where ``mask == 0`` the scaled score is replaced by -1e10.  Shapes:
+            (N, L_k) key padding, (N, 1, 1, L_k), or anything broadcastable to
+            (N, H, L_q, L_k).  bool, integer or float.  A fully masked row gives mean(V).
+        causal: exclude key j from query i when j > i (top-left aligned)::
+
+                keys →   0 1 2 3
+                query 0  x . . .
+                query 1  x x . .
+                query 2  x x x .
+
+        scale: multiplies Q K^T; default 1/sqrt(D).
+        backend: "auto", "triton", "torch", "cuda" or None (the process default).
+    Returns:
+        (N, H, L_q, D), dtype of q.  Differentiable in q, k, v (not in mask).
+    """
+    _check_qkv(q, k, v)
+    mask = _check_mask(mask, q, k, key_padding_2d=True)
+    scale = _check_scale(scale)
+    kind = MASK_NONE if mask is None else MASK_KEEP
+    return _dispatch(q, k, v, mask, kind, bool(causal), scale, backend)
+
+
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 attn_mask: Optional[torch.Tensor] = None,
+                                 dropout_p: float = 0.0, is_causal: bool = False,
+                                 scale: Optional[float] = None, *,
+                                 backend: Optional[str] = None) -> torch.Tensor:
+    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Args:
+        query: (N, H, L, E) or (N, L, E).  key: (N, H, S, E) or (N, S, E).  value: like key.
+        attn_mask: broadcastable to (N, H, L, S) — a 2-D mask is (L, S) as in torch.
+            bool: True takes part in attention.  float: added to the scaled scores.
+        dropout_p: only 0.0 runs the fused kernels; > 0 runs torch's implementation.
+        is_causal: top-left aligned causal mask, as torch's.
+        scale: default 1/sqrt(E).
+    Returns:
+        (N, H, L, E) (or (N, L, E) for 3-D inputs).  Equal to torch's result wherever torch's is
+        finite (rows whose every score is -inf give NaN in torch and 0 here).
+    """
+    if dropout_p:
+        if backend not in (None, "auto", "torch"):
+            raise ValueError(f"dropout_p > 0 is not supported by backend={backend!r}")
+        return F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p,
+                                              is_causal, scale=scale)
+    squeeze = isinstance(query, torch.Tensor) and query.dim() == 3
+    if squeeze:
+        query, key, value = (t.unsqueeze(1) if isinstance(t, torch.Tensor) else t
+                             for t in (query, key, value))
+        if isinstance(attn_mask, torch.Tensor) and attn_mask.dim() == 3:
+            attn_mask = attn_mask.unsqueeze(1)
+    _check_qkv(query, key, value)
+    attn_mask = _check_mask(attn_mask, query, key, key_padding_2d=False)
+    scale = _check_scale(scale)
+    if attn_mask is None:
+        kind = MASK_NONE
+    elif attn_mask.dtype == torch.bool:
+        kind = MASK_KEEP
+    elif attn_mask.dtype.is_floating_point:
+        kind = MASK_ADD
+    else:
+        raise TypeError(f"attn_mask must be bool or floating point, got {attn_mask.dtype}")
+    if attn_mask is not None and attn_mask.dim() < 4:
+        attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
+    out = _dispatch(query, key, value, attn_mask, kind, bool(is_causal), scale, backend)
+    return out.squeeze(1) if squeeze else out

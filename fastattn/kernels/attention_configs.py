@@ -1,0 +1,172 @@
+"""Launch configurations of the attention kernels: a fixed table, not per-length autotuning.
+
+A configuration is chosen from (kernel, head_dim bucket, dtype, mask kind, length bucket).  BERT
+batches change their padded length from batch to batch, so nothing is re-tuned for a new exact
+length: lengths fall in two buckets (short: <= 64, long) and the table answers in O(1).  Every
+candidate's shared memory is estimated and candidates that cannot fit the device are dropped
+before anything is compiled; the first candidate that fits is used.  ``all_configs`` enumerates
+every configuration the launcher can pick, which is what the ahead-of-time compile check
+(``fastattn kernels``) compiles for sm_80 and sm_90a.
+
+Pure Python: importable without triton.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Iterator, List, Optional, Tuple
+
+KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")
+HEAD_DIMS = (16, 32, 64, 128, 256)  # BLOCK_D: head_dim padded to a power of two
+DTYPES = ("float32", "float16", "bfloat16")
+MASK_KINDS = (0, 1, 2)  # none, keep (mask == 0 -> -1e10), additive
+LENGTH_BUCKETS = ("short", "long")
+SHORT_LENGTH = 64
+
+# Shared memory per block (bytes) by compute capability major: opt-in maxima.
+SMEM_LIMIT = {8: 163 * 1024, 9: 227 * 1024}
+DEFAULT_SMEM_LIMIT = 99 * 1024
+INTERPRETER_BLOCK_M = 16
+INTERPRETER_BLOCK_N = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class AttnConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+    def smem_bytes(self, kernel: str, block_d: int, elem_size: int) -> int:
+        """Upper estimate of the shared memory the kernel's pipelined tiles need."""
+        if kernel == "fwd":  # Q tile once, K and V tiles per stage
+            tiles = self.block_m * block_d + 2 * self.num_stages * self.block_n * block_d
+        elif kernel == "bwd_dkdv":  # K, V resident; Q and dO tiles per stage
+            tiles = 2 * self.block_n * block_d + 2 * self.num_stages * self.block_m * block_d
+        else:  # bwd_dq: Q, dO resident; K and V tiles per stage
+            tiles = 2 * self.block_m * block_d + 2 * self.num_stages * self.block_n * block_d
+        return tiles * elem_size + self.block_m * self.block_n * 4  # + one fp32 score tile
+
+
+def block_d_for(head_dim: int) -> int:
+    return max(16, 1 << (head_dim - 1).bit_length())
+
+
+def length_bucket(length: int) -> str:
+    return "short" if length <= SHORT_LENGTH else "long"
+
+
+def _candidates(kernel: str, block_d: int, dtype: str, mask_kind: int,
+                bucket: str) -> List[AttnConfig]:
+    """Candidates, best first; later ones use less shared memory."""
+    wide = dtype == "float32"  # fp32 tiles take twice the shared memory and registers
+    if kernel == "fwd":
+        if block_d <= 64:
+            cands = [AttnConfig(128, 64, 4, 3), AttnConfig(64, 64, 4, 2)]
+        elif block_d == 128:
+            cands = [AttnConfig(128, 64, 8, 3), AttnConfig(64, 64, 4, 2)]
+        else:
+            cands = [AttnConfig(64, 64, 8, 2), AttnConfig(64, 32, 4, 1)]
+        if bucket == "short":  # more programs for short rows: a 128-row block would idle
+            cands = [AttnConfig(64, c.block_n, 4, c.num_stages) for c in cands]
+    elif kernel == "bwd_dkdv":
+        if block_d <= 64:
+            cands = [AttnConfig(32, 128, 4, 3), AttnConfig(32, 64, 4, 2)]
+        elif block_d == 128:
+            cands = [AttnConfig(32, 64, 8, 2), AttnConfig(32, 64, 4, 1)]
+        else:
+            cands = [AttnConfig(32, 32, 8, 1), AttnConfig(16, 32, 4, 1)]
+    else:  # bwd_dq
+        if block_d <= 64:
+            cands = [AttnConfig(128, 32, 4, 3), AttnConfig(64, 32, 4, 2)]
+        elif block_d == 128:
+            cands = [AttnConfig(64, 64, 8, 2), AttnConfig(64, 32, 4, 1)]
+        else:
+            cands = [AttnConfig(32, 32, 8, 1), AttnConfig(32, 16, 4, 1)]
+    if wide:
+        cands = [dataclasses.replace(c, block_n=max(16, c.block_n // 2),
+                                     num_stages=max(1, c.num_stages - 1)) for c in cands]
+    if mask_kind != 0:  # a mask tile per stage too: one stage fewer
+        cands = [dataclasses.replace(c, num_stages=max(1, c.num_stages - 1)) for c in cands]
+    return cands
+
+
+def pick_config(kernel: str, head_dim: int, dtype: str, mask_kind: int, length: int,
+                smem_limit: int, interpreter: bool = False) -> AttnConfig:
+    """The configuration the launcher uses.  ``length`` is L_q (fwd, dq) or L_k (dkdv)."""
+    if interpreter:  # small blocks: several blocks and a ragged tail at lengths like 70
+        return AttnConfig(INTERPRETER_BLOCK_M, INTERPRETER_BLOCK_N, 4, 1)
+    block_d = block_d_for(head_dim)
+    elem = 4 if dtype == "float32" else 2
+    for cfg in _candidates(kernel, block_d, dtype, mask_kind, length_bucket(length)):
+        if cfg.smem_bytes(kernel, block_d, elem) <= smem_limit:
+            return cfg
+    raise ValueError(f"no {kernel} configuration fits {smem_limit} bytes of shared memory "
+                     f"for head_dim={head_dim}, dtype={dtype}")
+
+
+def smem_limit_for(capability_major: int) -> int:
+    return SMEM_LIMIT.get(capability_major, DEFAULT_SMEM_LIMIT)
+
+
+def all_configs(capability_major: int,
+                kernels: Tuple[str, ...] = KERNELS,
+                head_dims: Tuple[int, ...] = HEAD_DIMS,
+                dtypes: Tuple[str, ...] = DTYPES,
+                mask_kinds: Tuple[int, ...] = MASK_KINDS,
+                causal: Optional[Tuple[bool, ...]] = (False, True),
+                ) -> Iterator[Tuple[str, int, str, int, bool, AttnConfig]]:
+    """Every (kernel, BLOCK_D, dtype, mask kind, causal, config) the launcher can pick."""
+    limit = smem_limit_for(capability_major)
+    seen = set()
+    for kernel, d, dt, mk, c, bucket in itertools.product(
+            kernels, head_dims, dtypes, mask_kinds, causal, LENGTH_BUCKETS):
+        length = 1 if bucket == "short" else 4096
+        cfg = pick_config(kernel, d, dt, mk, length, limit)
+        key = (kernel, d, dt, mk, c, cfg)
+        if key not in seen:
+            seen.add(key)
+            yield key
+
+
+def aot_specs(capability_major: int):
+    """Ahead-of-time compile specs (see :mod:`fastattn.aot`) for every pickable configuration."""
+    ptr_types = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
+    mask_types = {0: None, 1: "*i1", 2: "*fp32"}
+    names = {"fwd": "attention_fwd_kernel", "bwd_dkdv": "attention_bwd_dkdv_kernel",
+             "bwd_dq": "attention_bwd_dq_kernel"}
+    tensor_args = {
+        "fwd": ["Q", "K", "V", "MASK", "O", "LSE"],
+        "bwd_dkdv": ["Q", "K", "V", "MASK", "DO", "LSE", "DELTA", "DK", "DV"],
+        "bwd_dq": ["Q", "K", "V", "MASK", "DO", "LSE", "DELTA", "DQ"],
+    }
+    n_strides = {"fwd": 16, "bwd_dkdv": 22, "bwd_dq": 19}
+    for kernel, block_d, dtype, mask_kind, causal, cfg in all_configs(capability_major):
+        sig = {}
+        for name in tensor_args[kernel]:
+            if name in ("LSE", "DELTA"):
+                sig[name] = "*fp32"
+            elif name == "MASK":
+                sig[name] = mask_types[mask_kind] or ptr_types[dtype]
+            else:
+                sig[name] = ptr_types[dtype]
+        for i in range(n_strides[kernel]):
+            sig[f"s{i}"] = "i32"
+        sig.update({"H": "i32", "L_q": "i32", "L_k": "i32", "D": "i32", "qk_scale": "fp32"})
+        if kernel != "fwd":
+            sig["sm_scale"] = "fp32"
+        constexprs = dict(MASK_KIND=mask_kind, CAUSAL=causal,
+                          PRECISION="ieee" if dtype == "float32" else "tf32",
+                          BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d)
+        for k in constexprs:
+            sig[k] = "constexpr"
+        yield dict(
+            kernel=f"attention_{kernel}",
+            fn=f"fastattn.kernels.attention:{names[kernel]}",
+            signature=sig, constexprs=constexprs,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            config=(f"D={block_d} {dtype} mask={('none', 'keep', 'add')[mask_kind]}"
+                    f"{' causal' if causal else ''} M{cfg.block_m} N{cfg.block_n} "
+                    f"w{cfg.num_warps} s{cfg.num_stages}"),
+            head_dim=block_d,
+        )

@@ -1,0 +1,4 @@
+"""Drop-in ``nn.Module``s built on the fused kernels."""
+from fastattn.modules.self_attention import SelfAttention
+
+__all__ = ["SelfAttention"]

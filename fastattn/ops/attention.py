@@ -1,0 +1,211 @@
+"""Launchers, torch.library ops and autograd for the Triton attention kernels.
+
+Ops (registered under the ``fastattn`` namespace, so ``torch.compile`` sees each as one node):
+
+    fastattn::attention_fwd(q, k, v, mask?, mask_kind, causal, scale) -> (out, lse)
+    fastattn::attention_bwd(dout, q, k, v, out, lse, mask?, mask_kind, causal, scale)
+        -> (dq, dk, dv)
+
+q: (N, H, L_q, D), k / v: (N, H, L_k, D), any strides with the last one 1 (others are copied).
+mask: a tensor broadcastable to (N, H, L_q, L_k); a 2-D mask is a key-padding mask (N, L_k).
+It is passed through as given and addressed through stride-0 views inside the launcher, never
+expanded into memory.  out: (N, H, L_q, D) laid out in memory as (N, L_q, H, D), so that merging
+the heads back into (N, L_q, H·D) is a free view.  lse: (N, H, L_q) fp32, natural log.
+
+Inputs are validated by :mod:`fastattn.functional`; these ops assume valid arguments.
+Triton is imported only when a kernel is launched.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from fastattn.backends import interpreter_enabled
+from fastattn.kernels.attention_configs import (
+    DEFAULT_SMEM_LIMIT, block_d_for, pick_config, smem_limit_for)
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+@functools.lru_cache(maxsize=None)
+def _device_smem_limit(index: int) -> int:
+    props = torch.cuda.get_device_properties(index)
+    limit = getattr(props, "shared_memory_per_block_optin", 0)
+    return int(limit) if limit else smem_limit_for(props.major)
+
+
+def _smem_limit(device: torch.device) -> int:
+    if device.type != "cuda":
+        return DEFAULT_SMEM_LIMIT
+    return _device_smem_limit(device.index if device.index is not None else
+                              torch.cuda.current_device())
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _mask_view(mask: Optional[torch.Tensor], ref: torch.Tensor, shape) -> Tuple[torch.Tensor, tuple]:
+    """(tensor to point at, its 4 strides) for a mask viewed as ``shape`` = (N, H, L_q, L_k)."""
+    if mask is None:
+        return ref, (0, 0, 0, 0)
+    if mask.dim() == 2:  # key padding (N, L_k)
+        mask = mask[:, None, None, :]
+    view = mask.expand(*shape)  # a view: broadcast dims get stride 0, nothing is copied
+    return view, tuple(view.stride())
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+class _launch_on:
+    """Make ``device`` the current CUDA device while launching (a no-op on CPU)."""
+
+    def __init__(self, device: torch.device):
+        self.ctx = torch.cuda.device(device) if device.type == "cuda" else None
+
+    def __enter__(self):
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+
+
+def _config(kernel, q, mask_kind, length):
+    return pick_config(kernel, q.shape[-1], _DTYPE_NAMES[q.dtype], mask_kind, length,
+                       _smem_limit(q.device), interpreter=interpreter_enabled())
+
+
+def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float):
+    """Launch the forward kernel; returns (out, lse)."""
+    from fastattn.kernels.attention import attention_fwd_kernel
+
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    n, h, lq, d = q.shape
+    lk = k.shape[2]
+    out = torch.empty(n, lq, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = torch.empty(n, h, lq, dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    mask_t, ms = _mask_view(mask, q, (n, h, lq, lk))
+    cfg = _config("fwd", q, mask_kind, lq)
+    grid = (_cdiv(lq, cfg.block_m), n * h)
+    with _launch_on(q.device):
+        attention_fwd_kernel[grid](
+            q, k, v, mask_t, out, lse,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *out.stride()[:3],
+            h, lq, lk, d, scale * 1.4426950408889634,
+            MASK_KIND=mask_kind, CAUSAL=causal, PRECISION=_precision(q.dtype),
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d_for(d),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    return out, lse
+
+
+def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bool,
+                       scale: float):
+    """Launch the three backward kernels; returns (dq, dk, dv).  Deterministic: no atomics."""
+    from fastattn.kernels.attention import (
+        attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, attention_bwd_preprocess_kernel)
+
+    q, k, v, out, dout = (_last_dim_contiguous(t) for t in (q, k, v, out, dout))
+    n, h, lq, d = q.shape
+    lk = k.shape[2]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    block_d = block_d_for(d)
+    delta = torch.empty(n, h, lq, dtype=torch.float32, device=q.device)
+    mask_t, ms = _mask_view(mask, q, (n, h, lq, lk))
+    common = dict(MASK_KIND=mask_kind, CAUSAL=causal, PRECISION=_precision(q.dtype),
+                  BLOCK_D=block_d)
+    qk_scale = scale * 1.4426950408889634
+    with _launch_on(q.device):
+        pre_m = 64 if not interpreter_enabled() else 16
+        attention_bwd_preprocess_kernel[(_cdiv(lq, pre_m), n * h)](
+            out, dout, delta, *out.stride()[:3], *dout.stride()[:3], h, lq, d,
+            BLOCK_M=pre_m, BLOCK_D=block_d)
+        cfg = _config("bwd_dkdv", q, mask_kind, lk)
+        attention_bwd_dkdv_kernel[(_cdiv(lk, cfg.block_n), n * h)](
+            q, k, v, mask_t, dout, lse, delta, dk, dv,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
+            *dk.stride()[:3], *dv.stride()[:3],
+            h, lq, lk, d, qk_scale, scale,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages, **common)
+        cfg = _config("bwd_dq", q, mask_kind, lq)
+        attention_bwd_dq_kernel[(_cdiv(lq, cfg.block_m), n * h)](
+            q, k, v, mask_t, dout, lse, delta, dq,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
+            *dq.stride()[:3],
+            h, lq, lk, d, qk_scale, scale,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages, **common)
+    return dq, dk, dv
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# --------------------------------------------------------------------------- torch.library ops
+
+@torch.library.custom_op("fastattn::attention_fwd", mutates_args=())
+def attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: Optional[torch.Tensor], mask_kind: int, causal: bool,
+                     scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    return attention_forward(q, k, v, mask, mask_kind, causal, scale)
+
+
+@attention_fwd_op.register_fake
+def _(q, k, v, mask, mask_kind, causal, scale):
+    n, h, lq, d = q.shape
+    out = q.new_empty(n, lq, h, d).transpose(1, 2)
+    return out, q.new_empty(n, h, lq, dtype=torch.float32)
+
+
+@torch.library.custom_op("fastattn::attention_bwd", mutates_args=())
+def attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     out: torch.Tensor, lse: torch.Tensor, mask: Optional[torch.Tensor],
+                     mask_kind: int, causal: bool,
+                     scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return attention_backward(dout, q, k, v, out, lse, mask, mask_kind, causal, scale)
+
+
+@attention_bwd_op.register_fake
+def _(dout, q, k, v, out, lse, mask, mask_kind, causal, scale):
+    return (torch.empty_like(_last_dim_contiguous(q)), torch.empty_like(_last_dim_contiguous(k)),
+            torch.empty_like(_last_dim_contiguous(v)))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, mask, mask_kind, causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, mask)
+    ctx.mask_kind, ctx.causal, ctx.scale = mask_kind, causal, scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, mask = ctx.saved_tensors
+    dq, dk, dv = attention_bwd_op(dout, q, k, v, out, lse, mask, ctx.mask_kind, ctx.causal,
+                                  ctx.scale)
+    return dq, dk, dv, None, None, None, None
+
+
+attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def triton_attention(q, k, v, mask, mask_kind: int, causal: bool,
+                     scale: Optional[float]) -> torch.Tensor:
+    """Differentiable fused attention through the registered op; returns (N, H, L_q, D)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return attention_fwd_op(q, k, v, mask, mask_kind, causal, scale)[0]
