@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import os
 from typing import Iterator, Optional
 
@@ -64,11 +63,9 @@ def interpreter_enabled() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def triton_version() -> Optional[str]:
-    if importlib.util.find_spec("triton") is None:
-        return None
     try:
         import triton
-    except Exception:  # broken install
+    except Exception:  # not installed (or a broken install)
         return None
     return triton.__version__
 

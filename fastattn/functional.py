@@ -19,7 +19,7 @@ from fastattn.backends import BackendUnavailableError, resolve_backend
 from fastattn.ops.attention import triton_attention
 from fastattn.reference import attention_reference
 
-MASK_NONE, MASK_KEEP, MASK_ADD = 0, 1, 2
+MASK_NONE, MASK_KEEP, MASK_ADD, MASK_EXCLUDE = 0, 1, 2, 3  # see fastattn.ops.attention
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 
@@ -100,9 +100,15 @@ def _torch_path(q, k, v, mask, mask_kind, causal, scale):
     low = q.dtype in (torch.float16, torch.bfloat16)
     up = (lambda t: t.float()) if low else (lambda t: t)
     keep = mask if mask_kind == MASK_KEEP else None
-    add = up(mask) if mask_kind == MASK_ADD else None
+    add = None
+    if mask_kind == MASK_ADD:
+        add = up(mask)
+    elif mask_kind == MASK_EXCLUDE:
+        add = torch.zeros((), dtype=up(q).dtype, device=q.device).masked_fill(~mask, float("-inf"))
     out = attention_reference(up(q), up(k), up(v), keep, causal=causal, scale=scale,
                               additive_mask=add)
+    if add is not None:  # rows whose every score is -inf: 0, as torch's SDPA and the kernel
+        out = out.nan_to_num(nan=0.0)
     return out.to(q.dtype)
 
 
@@ -181,7 +187,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     if attn_mask is None:
         kind = MASK_NONE
     elif attn_mask.dtype == torch.bool:
-        kind = MASK_KEEP
+        kind = MASK_EXCLUDE
     elif attn_mask.dtype.is_floating_point:
         kind = MASK_ADD
     else:

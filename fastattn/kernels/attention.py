@@ -3,9 +3,10 @@
 Computes, for every batch z and head h,
 
     S = scale * Q K^T                     (L_q, L_k)
-    S[mask == 0] = -1e10                  MASK_KIND == MASK_KEEP   (the guide's rule)
+    S[mask == 0] = masked_score           MASK_KIND == MASK_KEEP   (-1e10: the guide's rule;
+                                                                    -inf: torch's bool mask)
     S += mask                             MASK_KIND == MASK_ADD    (torch's float attn_mask)
-    S[j > i] = -inf                       CAUSAL (top-left aligned), and every j >= L_k
+    S[j > i] = -inf                       causal != 0 (top-left aligned), and every j >= L_k
     O = softmax(S) V,   LSE = logsumexp(S)  (natural log, fp32)
 
 Pointers (all 4-D tensors are addressed through their strides; the last dim of q/k/v/o must
@@ -14,6 +15,8 @@ have stride 1):
     Q   (N, H, L_q, D)      K, V  (N, H, L_k, D)      O, dO, dQ  (N, H, L_q, D)
     dK, dV  (N, H, L_k, D)  LSE, DELTA  (N, H, L_q) contiguous fp32
     MASK  any tensor viewed as (N, H, L_q, L_k) with stride 0 on broadcast dims; never copied.
+          MASK_ROW: the mask is the same for every query row (stride_mm == 0, key padding), so
+          one (BLOCK_N,) row is loaded per key block instead of a (BLOCK_M, BLOCK_N) tile.
 
 Design trade-off: the (L_q × L_k) score matrix never reaches memory.  Forward keeps a BLOCK_M
 row block of Q, its fp32 accumulator and the running max / sum in registers and streams K/V in
@@ -28,8 +31,15 @@ Masked scores under MASK_KEEP are the constant -1e10, so a fully masked row atte
 to its keys.  In fp32, lse = -1e10 + log(count) rounds to -1e10 and loses log(count); the
 backward kernels therefore recognise such rows (lse < -1e9) and use p = 1 / count directly.
 """
+import warnings
+
 import triton
 import triton.language as tl
+
+# Block pointers address the ragged (L, D) tiles with boundary checks and keep register use low;
+# newer Triton marks them deprecated in favour of TMA descriptors, which need 16-byte-aligned
+# strides that arbitrary (N, H, L, D) views do not have.
+warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
 
 MASK_NONE = 0
 MASK_KEEP = 1
@@ -37,31 +47,48 @@ MASK_ADD = 2
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
-MASKED_SCORE = tl.constexpr(-1.0e10)
 FULLY_MASKED_LSE = tl.constexpr(-1.0e9)  # any lse below this marks a fully masked MASK_KEEP row
 
 
 @triton.jit
-def _scores(q, kT, qk_scale, mask_ptrs, offs_m, offs_n, L_q, L_k,
-            MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
-    """Scores in base-2 units (scale * log2 e folded in) with every mask applied.
+def _program_tile(L, BLOCK: tl.constexpr):
+    """(tile start along L, batch·head index) of this program in a 1-D grid of
+    cdiv(L, BLOCK) * N * H programs: the tiles of one head are neighbours (L2 reuse of its K/V),
+    and no grid dimension limit (65535 on y) caps N * H."""
+    pid = tl.program_id(0).to(tl.int64)
+    n_tiles = tl.cdiv(L, BLOCK)
+    return (pid % n_tiles).to(tl.int32) * BLOCK, pid // n_tiles
 
-    q: (BLOCK_M, BLOCK_D), kT: (BLOCK_D, BLOCK_N); returns s (BLOCK_M, BLOCK_N) fp32 and, for
-    MASK_KEEP, the keep predicate (True elsewhere).
-    """
-    s = tl.dot(q, kT, input_precision=PRECISION) * qk_scale
-    in_range = (offs_m[:, None] < L_q) & (offs_n[None, :] < L_k)
+
+@triton.jit
+def _load_mask(mask_base, stride_mm, stride_mn, start_m, start_n, L_q, L_k,
+               MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The (BLOCK_M, BLOCK_N) mask tile at (start_m, start_n); for a mask that is the same for
+    every query row (key padding, stride_mm == 0) a (1, BLOCK_N) row that broadcasts."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    if MASK_ROW:
+        m = tl.load(mask_base + offs_n * stride_mn, mask=offs_n < L_k, other=0)
+        return m[None, :]
+    else:
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs = offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
+        m = tl.load(mask_base + offs, mask=(offs_m[:, None] < L_q) & (offs_n[None, :] < L_k),
+                    other=0)
+        return m.to(tl.float32)
+
+
+@triton.jit
+def _apply_masks(s, mask, offs_m, offs_n, L_k, causal, masked_score, MASK_KIND: tl.constexpr):
+    """Scores s (BLOCK_M, BLOCK_N) in base-2 units with every mask applied.  Returns the
+    scores and, for MASK_KEEP, the keep predicate (True elsewhere)."""
     keep = offs_n[None, :] < L_k
     if MASK_KIND == 1:
-        m = tl.load(mask_ptrs, mask=in_range, other=1)
-        keep = keep & (m != 0)
-        s = tl.where(m != 0, s, MASKED_SCORE * LOG2E)
+        keep = keep & (mask != 0)
+        s = tl.where(mask != 0, s, masked_score * LOG2E)
     if MASK_KIND == 2:
-        m = tl.load(mask_ptrs, mask=in_range, other=0.0)
-        s += m.to(tl.float32) * LOG2E
-    valid = offs_n[None, :] < L_k
-    if CAUSAL:
-        valid = valid & (offs_n[None, :] <= offs_m[:, None])
+        s += mask.to(tl.float32) * LOG2E
+    valid = (offs_n[None, :] < L_k) & ((offs_n[None, :] <= offs_m[:, None]) | (causal == 0))
     s = tl.where(valid, s, float("-inf"))
     return s, keep
 
@@ -74,55 +101,65 @@ def attention_fwd_kernel(
     stride_vz, stride_vh, stride_vn,
     stride_mz, stride_mh, stride_mm, stride_mn,
     stride_oz, stride_oh, stride_om,
-    H, L_q, L_k, D,
+    H, L_q, L_k, D, causal,
     qk_scale,  # scale * log2(e)
-    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+    masked_score,  # what a score with mask == 0 becomes: -1e10 (guide) or -inf (torch bool)
+    MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    start_m, bh = _program_tile(L_q, BLOCK_M)
     z = bh // H
     h = bh % H
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
 
-    q_ptrs = Q + z * stride_qz + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=(offs_m[:, None] < L_q) & d_ok[None, :], other=0.0)
-    kT_ptrs = K + z * stride_kz + h * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None]
-    v_ptrs = V + z * stride_vz + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
-    mask_ptrs = (MASK + z * stride_mz + h * stride_mh
-                 + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn)
+    q_ptr = tl.make_block_ptr(Q + z * stride_qz + h * stride_qh, shape=(L_q, D),
+                              strides=(stride_qm, 1), offsets=(start_m, 0),
+                              block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
+    kT_ptr = tl.make_block_ptr(K + z * stride_kz + h * stride_kh, shape=(D, L_k),
+                               strides=(1, stride_kn), offsets=(0, 0),
+                               block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
+    v_ptr = tl.make_block_ptr(V + z * stride_vz + h * stride_vh, shape=(L_k, D),
+                              strides=(stride_vn, 1), offsets=(0, 0),
+                              block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
+    mask_base = MASK + z * stride_mz + h * stride_mh
+    q = tl.load(q_ptr, boundary_check=(0, 1), padding_option="zero")
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     hi = L_k
-    if CAUSAL:
-        hi = tl.minimum(L_k, (start_m + 1) * BLOCK_M)
+    if causal:
+        hi = tl.minimum(L_k, start_m + BLOCK_M)
     for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
-        kT = tl.load(kT_ptrs + start_n * stride_kn, mask=(cols[None, :] < L_k) & d_ok[:, None],
-                     other=0.0)
-        s, keep = _scores(q, kT, qk_scale, mask_ptrs + start_n * stride_mn, offs_m, cols,
-                          L_q, L_k, MASK_KIND, CAUSAL, PRECISION)
+        kT = tl.load(kT_ptr, boundary_check=(0, 1), padding_option="zero")
+        s = tl.dot(q, kT, input_precision=PRECISION) * qk_scale
+        mask = 0
+        if MASK_KIND != 0:
+            mask = _load_mask(mask_base, stride_mm, stride_mn, start_m, start_n, L_q, L_k,
+                              MASK_KIND, MASK_ROW, BLOCK_M, BLOCK_N)
+        s, _ = _apply_masks(s, mask, offs_m, start_n + offs_n, L_k, causal, masked_score,
+                            MASK_KIND)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no finite score yet
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptrs + start_n * stride_vn, mask=(cols[:, None] < L_k) & d_ok[None, :],
-                    other=0.0)
+        v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
+        kT_ptr = tl.advance(kT_ptr, (0, BLOCK_N))
+        v_ptr = tl.advance(v_ptr, (BLOCK_N, 0))
 
     has_any = l_i > 0.0  # False only when every score was -inf (additive -inf masks)
-    out = acc / tl.where(has_any, l_i, 1.0)[:, None]
-    lse = tl.where(has_any, (m_i + tl.math.log2(tl.where(has_any, l_i, 1.0))) * LN2, float("inf"))
-    o_ptrs = O + z * stride_oz + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m[:, None] < L_q) & d_ok[None, :])
+    l_safe = tl.where(has_any, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(has_any, (m_i + tl.math.log2(l_safe)) * LN2, float("inf"))
+    o_ptr = tl.make_block_ptr(O + z * stride_oz + h * stride_oh, shape=(L_q, D),
+                              strides=(stride_om, 1), offsets=(start_m, 0),
+                              block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
+    tl.store(o_ptr, out.to(O.dtype.element_ty), boundary_check=(0, 1))
     tl.store(LSE + bh * L_q + offs_m, lse, mask=offs_m < L_q)
 
 
@@ -135,11 +172,10 @@ def attention_bwd_preprocess_kernel(
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """DELTA[z, h, i] = sum_d dO[z, h, i, d] * O[z, h, i, d] in fp32."""
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    start_m, bh = _program_tile(L_q, BLOCK_M)
     z = bh // H
     h = bh % H
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (offs_m[:, None] < L_q) & (offs_d[None, :] < D)
     o = tl.load(O + z * stride_oz + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
@@ -150,15 +186,14 @@ def attention_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _probabilities(s, lse2, offs_m, offs_n, L_k, MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr):
+def _probabilities(s, lse2, offs_m, L_k, causal, MASK_KIND: tl.constexpr):
     """P = exp2(S - LSE) for a (BLOCK_M, BLOCK_N) tile of base-2 scores; fully masked
     MASK_KEEP rows (lse below FULLY_MASKED_LSE) get 1 / count on every key they can see."""
     p = tl.math.exp2(s - lse2[:, None])
     if MASK_KIND == 1:
         fully_masked = lse2 < FULLY_MASKED_LSE * LOG2E
         count = tl.zeros_like(lse2) + L_k
-        if CAUSAL:
-            count = tl.minimum(count, (offs_m + 1).to(tl.float32))
+        count = tl.where(causal != 0, tl.minimum(count, (offs_m + 1).to(tl.float32)), count)
         p = tl.where(fully_masked[:, None] & (s > float("-inf")), 1.0 / count[:, None], p)
     return p
 
@@ -173,56 +208,68 @@ def attention_bwd_dkdv_kernel(
     stride_doz, stride_doh, stride_dom,
     stride_dkz, stride_dkh, stride_dkn,
     stride_dvz, stride_dvh, stride_dvn,
-    H, L_q, L_k, D,
-    qk_scale, sm_scale,
-    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+    H, L_q, L_k, D, causal,
+    qk_scale, sm_scale, masked_score,
+    MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program per (key block, batch·head): walks the query blocks, accumulates dK, dV."""
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1).to(tl.int64)
+    start_n, bh = _program_tile(L_k, BLOCK_N)
     z = bh // H
     h = bh % H
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
-    kv_ok = (offs_n[:, None] < L_k) & d_ok[None, :]
-    k = tl.load(K + z * stride_kz + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
-                mask=kv_ok, other=0.0)
-    v = tl.load(V + z * stride_vz + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
-                mask=kv_ok, other=0.0)
+    k_ptr = tl.make_block_ptr(K + z * stride_kz + h * stride_kh, shape=(L_k, D),
+                              strides=(stride_kn, 1), offsets=(start_n, 0),
+                              block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
+    v_ptr = tl.make_block_ptr(V + z * stride_vz + h * stride_vh, shape=(L_k, D),
+                              strides=(stride_vn, 1), offsets=(start_n, 0),
+                              block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
+    k = tl.load(k_ptr, boundary_check=(0, 1), padding_option="zero")
+    v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
-    q_base = Q + z * stride_qz + h * stride_qh + offs_d[None, :]
-    do_base = DO + z * stride_doz + h * stride_doh + offs_d[None, :]
-    mask_base = MASK + z * stride_mz + h * stride_mh + offs_n[None, :] * stride_mn
     lo = 0
-    if CAUSAL:
+    if causal:
         lo = (start_n // BLOCK_M) * BLOCK_M
+    q_ptr = tl.make_block_ptr(Q + z * stride_qz + h * stride_qh, shape=(L_q, D),
+                              strides=(stride_qm, 1), offsets=(lo, 0),
+                              block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
+    do_ptr = tl.make_block_ptr(DO + z * stride_doz + h * stride_doh, shape=(L_q, D),
+                               strides=(stride_dom, 1), offsets=(lo, 0),
+                               block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
+    mask_base = MASK + z * stride_mz + h * stride_mh
     for start_m in range(lo, L_q, BLOCK_M):
         offs_m = start_m + offs_m0
-        row_ok = (offs_m[:, None] < L_q) & d_ok[None, :]
-        q = tl.load(q_base + offs_m[:, None] * stride_qm, mask=row_ok, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dom, mask=row_ok, other=0.0)
+        q = tl.load(q_ptr, boundary_check=(0, 1), padding_option="zero")
+        do = tl.load(do_ptr, boundary_check=(0, 1), padding_option="zero")
         lse2 = tl.load(LSE + bh * L_q + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
         delta = tl.load(DELTA + bh * L_q + offs_m, mask=offs_m < L_q, other=0.0)
-        s, keep = _scores(q, tl.trans(k), qk_scale, mask_base + offs_m[:, None] * stride_mm,
-                          offs_m, offs_n, L_q, L_k, MASK_KIND, CAUSAL, PRECISION)
-        p = _probabilities(s, lse2, offs_m, offs_n, L_k, MASK_KIND, CAUSAL)
-        p = tl.where(offs_m[:, None] < L_q, p, 0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        mask = 0
+        if MASK_KIND != 0:
+            mask = _load_mask(mask_base, stride_mm, stride_mn, start_m, start_n, L_q, L_k,
+                              MASK_KIND, MASK_ROW, BLOCK_M, BLOCK_N)
+        s, keep = _apply_masks(s, mask, offs_m, offs_n, L_k, causal, masked_score, MASK_KIND)
+        p = _probabilities(s, lse2, offs_m, L_k, causal, MASK_KIND)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         if MASK_KIND == 1:
             ds = tl.where(keep, ds, 0.0)  # a replaced score has no gradient
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+        q_ptr = tl.advance(q_ptr, (BLOCK_M, 0))
+        do_ptr = tl.advance(do_ptr, (BLOCK_M, 0))
 
-    tl.store(DK + z * stride_dkz + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
-             (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_ok)
-    tl.store(DV + z * stride_dvz + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=kv_ok)
+    dk_ptr = tl.make_block_ptr(DK + z * stride_dkz + h * stride_dkh, shape=(L_k, D),
+                               strides=(stride_dkn, 1), offsets=(start_n, 0),
+                               block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
+    dv_ptr = tl.make_block_ptr(DV + z * stride_dvz + h * stride_dvh, shape=(L_k, D),
+                               strides=(stride_dvn, 1), offsets=(start_n, 0),
+                               block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
+    tl.store(dk_ptr, (dk * sm_scale).to(DK.dtype.element_ty), boundary_check=(0, 1))
+    tl.store(dv_ptr, dv.to(DV.dtype.element_ty), boundary_check=(0, 1))
 
 
 @triton.jit
@@ -234,48 +281,59 @@ def attention_bwd_dq_kernel(
     stride_mz, stride_mh, stride_mm, stride_mn,
     stride_doz, stride_doh, stride_dom,
     stride_dqz, stride_dqh, stride_dqm,
-    H, L_q, L_k, D,
-    qk_scale, sm_scale,
-    MASK_KIND: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+    H, L_q, L_k, D, causal,
+    qk_scale, sm_scale, masked_score,
+    MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program per (query block, batch·head): walks the key blocks, accumulates dQ."""
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    start_m, bh = _program_tile(L_q, BLOCK_M)
     z = bh // H
     h = bh % H
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
-    row_ok = (offs_m[:, None] < L_q) & d_ok[None, :]
-    q = tl.load(Q + z * stride_qz + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
-                mask=row_ok, other=0.0)
-    do = tl.load(DO + z * stride_doz + h * stride_doh + offs_m[:, None] * stride_dom
-                 + offs_d[None, :], mask=row_ok, other=0.0)
+    q_ptr = tl.make_block_ptr(Q + z * stride_qz + h * stride_qh, shape=(L_q, D),
+                              strides=(stride_qm, 1), offsets=(start_m, 0),
+                              block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
+    do_ptr = tl.make_block_ptr(DO + z * stride_doz + h * stride_doh, shape=(L_q, D),
+                               strides=(stride_dom, 1), offsets=(start_m, 0),
+                               block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
+    q = tl.load(q_ptr, boundary_check=(0, 1), padding_option="zero")
+    do = tl.load(do_ptr, boundary_check=(0, 1), padding_option="zero")
     lse2 = tl.load(LSE + bh * L_q + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + bh * L_q + offs_m, mask=offs_m < L_q, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    kT_base = K + z * stride_kz + h * stride_kh + offs_d[:, None]
-    vT_base = V + z * stride_vz + h * stride_vh + offs_d[:, None]
-    mask_base = MASK + z * stride_mz + h * stride_mh + offs_m[:, None] * stride_mm
+    kT_ptr = tl.make_block_ptr(K + z * stride_kz + h * stride_kh, shape=(D, L_k),
+                               strides=(1, stride_kn), offsets=(0, 0),
+                               block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
+    vT_ptr = tl.make_block_ptr(V + z * stride_vz + h * stride_vh, shape=(D, L_k),
+                               strides=(1, stride_vn), offsets=(0, 0),
+                               block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
+    mask_base = MASK + z * stride_mz + h * stride_mh
     hi = L_k
-    if CAUSAL:
-        hi = tl.minimum(L_k, (start_m + 1) * BLOCK_M)
+    if causal:
+        hi = tl.minimum(L_k, start_m + BLOCK_M)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        col_ok = (offs_n[None, :] < L_k) & d_ok[:, None]
-        kT = tl.load(kT_base + offs_n[None, :] * stride_kn, mask=col_ok, other=0.0)
-        vT = tl.load(vT_base + offs_n[None, :] * stride_vn, mask=col_ok, other=0.0)
-        s, keep = _scores(q, kT, qk_scale, mask_base + offs_n[None, :] * stride_mn,
-                          offs_m, offs_n, L_q, L_k, MASK_KIND, CAUSAL, PRECISION)
-        p = _probabilities(s, lse2, offs_m, offs_n, L_k, MASK_KIND, CAUSAL)
+        kT = tl.load(kT_ptr, boundary_check=(0, 1), padding_option="zero")
+        vT = tl.load(vT_ptr, boundary_check=(0, 1), padding_option="zero")
+        s = tl.dot(q, kT, input_precision=PRECISION) * qk_scale
+        mask = 0
+        if MASK_KIND != 0:
+            mask = _load_mask(mask_base, stride_mm, stride_mn, start_m, start_n, L_q, L_k,
+                              MASK_KIND, MASK_ROW, BLOCK_M, BLOCK_N)
+        s, keep = _apply_masks(s, mask, offs_m, offs_n, L_k, causal, masked_score, MASK_KIND)
+        p = _probabilities(s, lse2, offs_m, L_k, causal, MASK_KIND)
         dp = tl.dot(do, vT, input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         if MASK_KIND == 1:
             ds = tl.where(keep, ds, 0.0)
         dq += tl.dot(ds.to(kT.dtype), tl.trans(kT), input_precision=PRECISION)
+        kT_ptr = tl.advance(kT_ptr, (0, BLOCK_N))
+        vT_ptr = tl.advance(vT_ptr, (0, BLOCK_N))
 
-    tl.store(DQ + z * stride_dqz + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :],
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok)
+    dq_ptr = tl.make_block_ptr(DQ + z * stride_dqz + h * stride_dqh, shape=(L_q, D),
+                               strides=(stride_dqm, 1), offsets=(start_m, 0),
+                               block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
+    tl.store(dq_ptr, (dq * sm_scale).to(DQ.dtype.element_ty), boundary_check=(0, 1))

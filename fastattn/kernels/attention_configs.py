@@ -56,49 +56,70 @@ def length_bucket(length: int) -> str:
     return "short" if length <= SHORT_LENGTH else "long"
 
 
-def _candidates(kernel: str, block_d: int, dtype: str, mask_kind: int,
+def _candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask_layout: str,
                 bucket: str) -> List[AttnConfig]:
-    """Candidates, best first; later ones use less shared memory."""
+    """Candidates, best first; later ones use less shared memory.  Chosen so that the sm_90a
+    forward compiles without register spills for head_dim <= 128 (``fastattn kernels``)."""
+    full_mask = mask_kind != 0 and mask_layout in ("full", "narrow")
+    if mask_kind != 0 and mask_layout == "narrow":
+        # A full (L_q, L_k) mask of 1- or 2-byte elements cannot be pipelined through cp.async
+        # (4 bytes minimum), so its tiles stay in registers: small tiles, 8 warps, no stages.
+        if kernel == "fwd":
+            return [AttnConfig(64, 64 if block_d <= 64 else 32, 8, 1)]
+        if kernel == "bwd_dkdv":
+            return [AttnConfig(32, 64 if block_d <= 64 else 32, 8, 1)]
+        return [AttnConfig(64 if block_d <= 64 else 32, 32, 8, 1)]
     wide = dtype == "float32"  # fp32 tiles take twice the shared memory and registers
+    short = bucket == "short"
     if kernel == "fwd":
-        if block_d <= 64:
-            cands = [AttnConfig(128, 64, 4, 3), AttnConfig(64, 64, 4, 2)]
+        if wide:
+            if block_d <= 32:
+                cands = [AttnConfig(64 if short else 128, 32, 4 if short else 8, 2)]
+            elif block_d == 64:
+                cands = [AttnConfig(128, 32, 8, 2), AttnConfig(32, 32, 4, 1)]
+            else:
+                cands = [AttnConfig(32, 32, 4, 1), AttnConfig(32, 16, 4, 1)]
+        elif block_d <= 64:
+            cands = [AttnConfig(64, 64, 4, 3) if short else AttnConfig(128, 64, 8, 3)]
         elif block_d == 128:
-            cands = [AttnConfig(128, 64, 8, 3), AttnConfig(64, 64, 4, 2)]
+            cands = [AttnConfig(64, 32, 4, 3) if short or full_mask else AttnConfig(128, 64, 8, 3)]
         else:
-            cands = [AttnConfig(64, 64, 8, 2), AttnConfig(64, 32, 4, 1)]
-        if bucket == "short":  # more programs for short rows: a 128-row block would idle
-            cands = [AttnConfig(64, c.block_n, 4, c.num_stages) for c in cands]
+            cands = [AttnConfig(64, 64, 8, 2), AttnConfig(64, 32, 8, 1)]
     elif kernel == "bwd_dkdv":
         if block_d <= 64:
-            cands = [AttnConfig(32, 128, 4, 3), AttnConfig(32, 64, 4, 2)]
+            cands = [AttnConfig(32, 64, 4, 3), AttnConfig(32, 32, 4, 2)]
         elif block_d == 128:
-            cands = [AttnConfig(32, 64, 8, 2), AttnConfig(32, 64, 4, 1)]
+            cands = [AttnConfig(32, 64, 8, 2), AttnConfig(32, 32, 4, 1)]
         else:
             cands = [AttnConfig(32, 32, 8, 1), AttnConfig(16, 32, 4, 1)]
+        if wide:
+            cands = [dataclasses.replace(c, block_n=max(16, c.block_n // 2)) for c in cands]
     else:  # bwd_dq
         if block_d <= 64:
-            cands = [AttnConfig(128, 32, 4, 3), AttnConfig(64, 32, 4, 2)]
+            cands = [AttnConfig(64, 32, 4, 3), AttnConfig(64, 32, 4, 2)]
         elif block_d == 128:
             cands = [AttnConfig(64, 64, 8, 2), AttnConfig(64, 32, 4, 1)]
         else:
             cands = [AttnConfig(32, 32, 8, 1), AttnConfig(32, 16, 4, 1)]
-    if wide:
-        cands = [dataclasses.replace(c, block_n=max(16, c.block_n // 2),
-                                     num_stages=max(1, c.num_stages - 1)) for c in cands]
+        if wide:
+            cands = [dataclasses.replace(c, block_m=max(16, c.block_m // 2)) for c in cands]
     if mask_kind != 0:  # a mask tile per stage too: one stage fewer
         cands = [dataclasses.replace(c, num_stages=max(1, c.num_stages - 1)) for c in cands]
     return cands
 
 
 def pick_config(kernel: str, head_dim: int, dtype: str, mask_kind: int, length: int,
-                smem_limit: int, interpreter: bool = False) -> AttnConfig:
-    """The configuration the launcher uses.  ``length`` is L_q (fwd, dq) or L_k (dkdv)."""
+                smem_limit: int, interpreter: bool = False, mask_layout: str = "row") -> AttnConfig:
+    """The configuration the launcher uses.  ``length`` is L_q (fwd, dq) or L_k (dkdv).
+
+    ``mask_layout``: "row" (one row per key block: key padding), "full" (a tile of 4- or 8-byte
+    elements) or "narrow" (a tile of 1- or 2-byte elements: bool, uint8, float16...).
+    """
     if interpreter:  # small blocks: several blocks and a ragged tail at lengths like 70
         return AttnConfig(INTERPRETER_BLOCK_M, INTERPRETER_BLOCK_N, 4, 1)
     block_d = block_d_for(head_dim)
     elem = 4 if dtype == "float32" else 2
-    for cfg in _candidates(kernel, block_d, dtype, mask_kind, length_bucket(length)):
+    for cfg in _candidates(kernel, block_d, dtype, mask_kind, mask_layout, length_bucket(length)):
         if cfg.smem_bytes(kernel, block_d, elem) <= smem_limit:
             return cfg
     raise ValueError(f"no {kernel} configuration fits {smem_limit} bytes of shared memory "
@@ -109,21 +130,24 @@ def smem_limit_for(capability_major: int) -> int:
     return SMEM_LIMIT.get(capability_major, DEFAULT_SMEM_LIMIT)
 
 
+# (mask kind, mask layout) pairs the launcher distinguishes.
+MASK_VARIANTS = ((0, "none"), (1, "row"), (1, "full"), (1, "narrow"),
+                 (2, "row"), (2, "full"), (2, "narrow"))
+
+
 def all_configs(capability_major: int,
                 kernels: Tuple[str, ...] = KERNELS,
                 head_dims: Tuple[int, ...] = HEAD_DIMS,
                 dtypes: Tuple[str, ...] = DTYPES,
-                mask_kinds: Tuple[int, ...] = MASK_KINDS,
-                causal: Optional[Tuple[bool, ...]] = (False, True),
-                ) -> Iterator[Tuple[str, int, str, int, bool, AttnConfig]]:
-    """Every (kernel, BLOCK_D, dtype, mask kind, causal, config) the launcher can pick."""
+                ) -> Iterator[Tuple[str, int, str, int, str, AttnConfig]]:
+    """Every (kernel, BLOCK_D, dtype, mask kind, mask layout, config) the launcher can pick."""
     limit = smem_limit_for(capability_major)
     seen = set()
-    for kernel, d, dt, mk, c, bucket in itertools.product(
-            kernels, head_dims, dtypes, mask_kinds, causal, LENGTH_BUCKETS):
+    for kernel, d, dt, (mk, layout), bucket in itertools.product(
+            kernels, head_dims, dtypes, MASK_VARIANTS, LENGTH_BUCKETS):
         length = 1 if bucket == "short" else 4096
-        cfg = pick_config(kernel, d, dt, mk, length, limit)
-        key = (kernel, d, dt, mk, c, cfg)
+        cfg = pick_config(kernel, d, dt, mk, length, limit, mask_layout=layout)
+        key = (kernel, d, dt, mk, layout, cfg)
         if key not in seen:
             seen.add(key)
             yield key
@@ -132,7 +156,8 @@ def all_configs(capability_major: int,
 def aot_specs(capability_major: int):
     """Ahead-of-time compile specs (see :mod:`fastattn.aot`) for every pickable configuration."""
     ptr_types = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
-    mask_types = {0: None, 1: "*i1", 2: "*fp32"}
+    mask_types = {(1, "row"): "*u8", (1, "full"): "*i32", (1, "narrow"): "*u8",
+                  (2, "row"): "*fp32", (2, "full"): "*fp32", (2, "narrow"): "*fp16"}
     names = {"fwd": "attention_fwd_kernel", "bwd_dkdv": "attention_bwd_dkdv_kernel",
              "bwd_dq": "attention_bwd_dq_kernel"}
     tensor_args = {
@@ -141,32 +166,34 @@ def aot_specs(capability_major: int):
         "bwd_dq": ["Q", "K", "V", "MASK", "DO", "LSE", "DELTA", "DQ"],
     }
     n_strides = {"fwd": 16, "bwd_dkdv": 22, "bwd_dq": 19}
-    for kernel, block_d, dtype, mask_kind, causal, cfg in all_configs(capability_major):
+    for kernel, block_d, dtype, mask_kind, layout, cfg in all_configs(capability_major):
         sig = {}
         for name in tensor_args[kernel]:
             if name in ("LSE", "DELTA"):
                 sig[name] = "*fp32"
             elif name == "MASK":
-                sig[name] = mask_types[mask_kind] or ptr_types[dtype]
+                sig[name] = mask_types.get((mask_kind, layout), ptr_types[dtype])
             else:
                 sig[name] = ptr_types[dtype]
         for i in range(n_strides[kernel]):
             sig[f"s{i}"] = "i32"
-        sig.update({"H": "i32", "L_q": "i32", "L_k": "i32", "D": "i32", "qk_scale": "fp32"})
+        sig.update({"H": "i32", "L_q": "i32", "L_k": "i32", "D": "i32", "causal": "i32",
+                    "qk_scale": "fp32"})
         if kernel != "fwd":
             sig["sm_scale"] = "fp32"
-        constexprs = dict(MASK_KIND=mask_kind, CAUSAL=causal,
-                          PRECISION="ieee" if dtype == "float32" else "tf32",
+        sig["masked_score"] = "fp32"
+        constexprs = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row",
+                          PRECISION="tf32x3" if dtype == "float32" else "tf32",
                           BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d)
         for k in constexprs:
             sig[k] = "constexpr"
+        mask_name = ("none", "keep", "add")[mask_kind] + ("" if mask_kind == 0 else f"-{layout}")
         yield dict(
             kernel=f"attention_{kernel}",
             fn=f"fastattn.kernels.attention:{names[kernel]}",
             signature=sig, constexprs=constexprs,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            config=(f"D={block_d} {dtype} mask={('none', 'keep', 'add')[mask_kind]}"
-                    f"{' causal' if causal else ''} M{cfg.block_m} N{cfg.block_n} "
+            config=(f"D={block_d} {dtype} mask={mask_name} M{cfg.block_m} N{cfg.block_n} "
                     f"w{cfg.num_warps} s{cfg.num_stages}"),
             head_dim=block_d,
         )

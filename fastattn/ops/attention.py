@@ -49,18 +49,38 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def _mask_view(mask: Optional[torch.Tensor], ref: torch.Tensor, shape) -> Tuple[torch.Tensor, tuple]:
-    """(tensor to point at, its 4 strides) for a mask viewed as ``shape`` = (N, H, L_q, L_k)."""
+    """(tensor to point at, its 4 strides) for a mask viewed as ``shape`` = (N, H, L_q, L_k).
+
+    Broadcast and size-1 dims get stride 0; bool masks are reinterpreted as uint8 (same bytes).
+    Nothing is copied.
+    """
     if mask is None:
         return ref, (0, 0, 0, 0)
     if mask.dim() == 2:  # key padding (N, L_k)
         mask = mask[:, None, None, :]
-    view = mask.expand(*shape)  # a view: broadcast dims get stride 0, nothing is copied
-    return view, tuple(view.stride())
+    if mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)
+    view = mask.expand(*shape)
+    strides = tuple(0 if size == 1 else st for size, st in zip(view.shape, view.stride()))
+    return view, strides
+
+
+def _kernel_mask(mask_kind: int) -> Tuple[int, float]:
+    """Op-level mask kind -> (kernel MASK_KIND, masked_score).
+
+    0 none; 1 keep, mask == 0 scores -1e10 (the guide's rule); 2 additive;
+    3 keep, mask == 0 scores -inf (torch's bool attn_mask: a fully masked row gives 0).
+    """
+    if mask_kind == 3:
+        return 1, float("-inf")
+    return mask_kind, -1.0e10
 
 
 def _precision(dtype: torch.dtype) -> str:
+    """fp32 inputs: three-pass TF32 on tensor cores (about fp32 accuracy), or plain TF32 when
+    torch allows it for matmuls; half inputs ignore the setting."""
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
+        return "tf32x3"
     return "tf32"
 
 
@@ -79,9 +99,19 @@ class _launch_on:
             self.ctx.__exit__(*exc)
 
 
-def _config(kernel, q, mask_kind, length):
+def _mask_layout(mask, mask_t: torch.Tensor, strides) -> str:
+    """How the kernels read the mask (see ``pick_config``): none, row, full or narrow."""
+    if mask is None:
+        return "none"
+    if strides[2] == 0:
+        return "row"
+    return "narrow" if mask_t.element_size() < 4 else "full"
+
+
+def _config(kernel, q, mask_kind, length, layout):
     return pick_config(kernel, q.shape[-1], _DTYPE_NAMES[q.dtype], mask_kind, length,
-                       _smem_limit(q.device), interpreter=interpreter_enabled())
+                       _smem_limit(q.device), interpreter=interpreter_enabled(),
+                       mask_layout=layout)
 
 
 def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float):
@@ -96,14 +126,16 @@ def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float)
     if out.numel() == 0:
         return out, lse
     mask_t, ms = _mask_view(mask, q, (n, h, lq, lk))
-    cfg = _config("fwd", q, mask_kind, lq)
-    grid = (_cdiv(lq, cfg.block_m), n * h)
+    layout = _mask_layout(mask, mask_t, ms)
+    mask_kind, masked_score = _kernel_mask(mask_kind)
+    cfg = _config("fwd", q, mask_kind, lq, layout)
+    grid = (_cdiv(lq, cfg.block_m) * n * h,)
     with _launch_on(q.device):
         attention_fwd_kernel[grid](
             q, k, v, mask_t, out, lse,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *out.stride()[:3],
-            h, lq, lk, d, scale * 1.4426950408889634,
-            MASK_KIND=mask_kind, CAUSAL=causal, PRECISION=_precision(q.dtype),
+            h, lq, lk, d, int(causal), scale * 1.4426950408889634, masked_score,
+            MASK_KIND=mask_kind, MASK_ROW=layout == "row", PRECISION=_precision(q.dtype),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d_for(d),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
@@ -125,28 +157,30 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
     block_d = block_d_for(d)
     delta = torch.empty(n, h, lq, dtype=torch.float32, device=q.device)
     mask_t, ms = _mask_view(mask, q, (n, h, lq, lk))
-    common = dict(MASK_KIND=mask_kind, CAUSAL=causal, PRECISION=_precision(q.dtype),
+    layout = _mask_layout(mask, mask_t, ms)
+    mask_kind, masked_score = _kernel_mask(mask_kind)
+    common = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row", PRECISION=_precision(q.dtype),
                   BLOCK_D=block_d)
     qk_scale = scale * 1.4426950408889634
     with _launch_on(q.device):
         pre_m = 64 if not interpreter_enabled() else 16
-        attention_bwd_preprocess_kernel[(_cdiv(lq, pre_m), n * h)](
+        attention_bwd_preprocess_kernel[(_cdiv(lq, pre_m) * n * h,)](
             out, dout, delta, *out.stride()[:3], *dout.stride()[:3], h, lq, d,
             BLOCK_M=pre_m, BLOCK_D=block_d)
-        cfg = _config("bwd_dkdv", q, mask_kind, lk)
-        attention_bwd_dkdv_kernel[(_cdiv(lk, cfg.block_n), n * h)](
+        cfg = _config("bwd_dkdv", q, mask_kind, lk, layout)
+        attention_bwd_dkdv_kernel[(_cdiv(lk, cfg.block_n) * n * h,)](
             q, k, v, mask_t, dout, lse, delta, dk, dv,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
             *dk.stride()[:3], *dv.stride()[:3],
-            h, lq, lk, d, qk_scale, scale,
+            h, lq, lk, d, int(causal), qk_scale, scale, masked_score,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, **common)
-        cfg = _config("bwd_dq", q, mask_kind, lq)
-        attention_bwd_dq_kernel[(_cdiv(lq, cfg.block_m), n * h)](
+        cfg = _config("bwd_dq", q, mask_kind, lq, layout)
+        attention_bwd_dq_kernel[(_cdiv(lq, cfg.block_m) * n * h,)](
             q, k, v, mask_t, dout, lse, delta, dq,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
             *dq.stride()[:3],
-            h, lq, lk, d, qk_scale, scale,
+            h, lq, lk, d, int(causal), qk_scale, scale, masked_score,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, **common)
     return dq, dk, dv
