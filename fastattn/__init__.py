@@ -6,15 +6,18 @@ from fastattn import reference
 from fastattn.backends import (BackendUnavailableError, get_default_backend,
                                set_default_backend, use_backend)
 from fastattn.functional import attention, scaled_dot_product_attention
-from fastattn.modules import SelfAttention
+from fastattn.modules import LayerNorm, SelfAttention
+from fastattn.ops.layer_norm import layer_norm
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "LayerNorm",
     "SelfAttention",
     "attention",
     "get_default_backend",
+    "layer_norm",
     "reference",
     "scaled_dot_product_attention",
     "set_default_backend",

@@ -1,4 +1,5 @@
 """Drop-in ``nn.Module``s built on the fused kernels."""
+from fastattn.modules.layer_norm import LayerNorm
 from fastattn.modules.self_attention import SelfAttention
 
-__all__ = ["SelfAttention"]
+__all__ = ["LayerNorm", "SelfAttention"]
