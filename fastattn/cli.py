@@ -67,20 +67,33 @@ def _cmd_kernels(args) -> int:
         return subprocess.call([sys.executable, "-m", "fastattn.cli", *sys.argv[1:]], env=env)
     from fastattn import aot
 
+    from fastattn import csrc_build
+
     rows = aot.compile_all(archs=args.arch, families=args.family, jobs=args.jobs,
                            progress=sys.stderr.isatty())
-    table = aot.format_table(rows)
-    print(table)
-    summary = aot.summary(rows)
-    print(f"\n{summary['compiled']} compiled, {summary['failed']} failed, "
-          f"{summary['with_spills']} with spills")
+    tables = ["## Triton kernels (triton.compile + ptxas -v)\n", aot.format_table(rows)]
+    failed = aot.summary(rows)["failed"]
+    print(tables[-1])
+    print("\n{compiled} compiled, {failed} failed, {with_spills} with spills".format(
+        **aot.summary(rows)))
+    crows = []
+    want_cuda = args.family is None and not args.triton_only
+    if want_cuda and csrc_build.find_nvcc() and csrc_build.csrc_root():
+        crows = csrc_build.compile_all(archs=args.arch, jobs=args.jobs)
+        tables += ["\n## CUDA C++ kernels (nvcc -Xptxas -v)\n", csrc_build.format_table(crows)]
+        print("\n" + tables[-1])
+        print("\n{compiled} compiled, {failed} failed, {with_spills} with spills".format(
+            **csrc_build.summary(crows)))
+        failed += csrc_build.summary(crows)["failed"]
+    elif want_cuda:
+        print("\nCUDA C++ kernels: not compiled (nvcc or csrc/ not found)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.__dict__ for r in rows], f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(table + "\n")
-    return 1 if summary["failed"] else 0
+            f.write("\n".join(tables) + "\n")
+    return 1 if failed else 0
 
 
 def _cmd_bench(argv: List[str]) -> int:
@@ -102,7 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     k.add_argument("--family", nargs="+", default=None,
                    help="kernel name prefixes, e.g. attention_fwd layer_norm")
     k.add_argument("--jobs", type=int, default=None, help="parallel compile processes")
-    k.add_argument("--json", help="also write the rows as JSON here")
+    k.add_argument("--triton-only", action="store_true", help="skip the CUDA C++ kernels")
+    k.add_argument("--json", help="also write the Triton rows as JSON here")
     k.add_argument("--markdown", help="also write the table as Markdown here")
     args = parser.parse_args(argv)
     return {"check": _cmd_check, "kernels": _cmd_kernels}[args.cmd](args)

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from fastattn.backends import BackendUnavailableError, resolve_backend
+from fastattn.backends import resolve_backend
 from fastattn.ops.attention import triton_attention
 from fastattn.reference import attention_reference
 
@@ -118,7 +118,8 @@ def _dispatch(q, k, v, mask, mask_kind, causal, scale, backend):
         return _torch_path(q, k, v, mask, mask_kind, causal, scale)
     _check_kernel_inputs(q)
     if chosen == "cuda":
-        raise BackendUnavailableError("backend='cuda' has no attention kernel in this build")
+        from fastattn.ops.attention_cuda import cuda_attention
+        return cuda_attention(q, k, v, mask, mask_kind, causal, scale)
     return triton_attention(q, k, v, mask, mask_kind, causal, scale)
 
 

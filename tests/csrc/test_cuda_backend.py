@@ -1,0 +1,472 @@
+"""backend="cuda": the CUDA C++ attention forward (with the Triton backward), LayerNorm and
+bias + activation against float64 references.  Needs a CUDA device and the built extension;
+the op-registration checks at the bottom run everywhere."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastattn
+from fastattn import backends
+from fastattn.ops import attention_cuda
+from fastattn.ops.attention_cuda import cuda_attention, cuda_attention_fwd_op
+from fastattn.reference import attention_reference
+from tests.helpers import ATOL, CUDA, GRAD_FACTOR, assert_close_to_reference
+
+HAS_EXTENSION = CUDA and backends.cuda_extension_error() is None
+needs_gpu = pytest.mark.skipif(not HAS_EXTENSION,
+                               reason="needs a CUDA device and the built fastattn._C extension")
+DEV = torch.device("cuda")
+DTYPES = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
+NONE, KEEP, ADD = 0, 1, 2
+
+# (N, H, L_q, L_k, D): odd lengths 1 / 17 / 70 / 129, L_q != L_k, head dims 32 / 64 / 128 and
+# sizes padded up to them (16, 40, 96).
+SHAPES = [
+    (1, 1, 1, 1, 32),
+    (2, 2, 17, 17, 64),
+    (1, 2, 70, 129, 128),
+    (2, 1, 129, 70, 64),
+    (1, 3, 17, 70, 32),
+    (1, 1, 129, 129, 96),
+    (2, 1, 70, 17, 40),
+    (1, 1, 17, 33, 16),
+]
+
+
+def _inputs(n, h, lq, lk, d, dtype):
+    return (torch.randn(n, h, lq, d, device=DEV, dtype=dtype),
+            torch.randn(n, h, lk, d, device=DEV, dtype=dtype),
+            torch.randn(n, h, lk, d, device=DEV, dtype=dtype))
+
+
+def _mask(kind, n, h, lq, lk):
+    """(mask, mask_kind, causal) for a named case; keep-masks follow the guide (0 = masked)."""
+    g = torch.Generator().manual_seed(1)
+    if kind == "none":
+        return None, NONE, False
+    if kind == "causal":
+        return None, NONE, True
+    if kind == "key_padding_2d":  # (N, L_k) bool, batch 0 fully padded
+        m = torch.rand(n, lk, generator=g) > 0.3
+        m[0] = False
+        return m.to(DEV), KEEP, False
+    if kind == "key_padding_4d_int":
+        return (torch.rand(n, 1, 1, lk, generator=g) > 0.4).to(torch.int32).to(DEV), KEEP, False
+    if kind == "full_bool":  # (N, 1, L_q, L_k), row 0 fully masked
+        m = torch.rand(n, 1, lq, lk, generator=g) > 0.5
+        m[:, :, 0] = False
+        return m.to(DEV), KEEP, False
+    if kind == "per_head_float_keep":
+        return (torch.rand(1, h, lq, lk, generator=g) > 0.5).float().to(DEV), KEEP, False
+    if kind == "causal_and_padding":
+        return (torch.rand(n, 1, 1, lk, generator=g) > 0.3).to(DEV), KEEP, True
+    if kind == "additive":  # (L_q, L_k) float, -inf on some entries, one row all -inf
+        m = torch.randn(lq, lk, generator=g)
+        m[torch.rand(lq, lk, generator=g) > 0.7] = float("-inf")
+        m[lq // 2] = float("-inf")
+        return m[None, None].to(DEV), ADD, False
+    if kind == "additive_causal":
+        return torch.randn(n, h, lq, lk, generator=g).to(DEV), ADD, True
+    raise ValueError(kind)
+
+
+MASK_KINDS = ["none", "causal", "key_padding_2d", "key_padding_4d_int", "full_bool",
+              "per_head_float_keep", "causal_and_padding", "additive", "additive_causal"]
+
+
+def _reference(q, k, v, mask, kind, causal, scale, dtype):
+    ts = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    keep = mask if kind == KEEP else None
+    add = mask.to(dtype) if kind == ADD else None
+    return ts, attention_reference(*ts, keep, causal=causal, scale=scale, additive_mask=add)
+
+
+def _reference_lse(q, k, mask, kind, causal, scale):
+    """logsumexp of the masked scores in float64 (+inf where every score is -inf)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = torch.matmul(q.double(), k.double().transpose(-1, -2)) * scale
+    if kind == ADD:
+        s = s + mask.double()
+    if kind == KEEP:
+        m = mask[:, None, None, :] if mask.dim() == 2 else mask
+        s = s.masked_fill(m == 0, -1e10)
+    if causal:
+        lq, lk = s.shape[-2:]
+        s = s.masked_fill(torch.ones(lq, lk, dtype=torch.bool, device=s.device).triu(1),
+                          float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    return torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), lse)
+
+
+def _check(q, k, v, mask=None, kind=NONE, causal=False, scale=None, backward=True):
+    """CUDA forward (+ Triton backward) vs float64 and same-precision references."""
+    qkv = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = cuda_attention(*qkv, mask, kind, causal, scale)
+    hp_in, hp = _reference(q, k, v, mask, kind, causal, scale, torch.float64)
+    lp_in, lp = _reference(q, k, v, mask, kind, causal, scale, q.dtype)
+    assert out.shape == q.shape[:3] + (v.shape[-1],) and out.dtype == q.dtype
+    assert_close_to_reference(out, hp, lp, name="out")
+    if backward:
+        dout = torch.randn_like(out)
+        grads = torch.autograd.grad(out, qkv, dout)
+        hp_grads = torch.autograd.grad(hp, hp_in, dout.double(), allow_unused=True)
+        lp_grads = torch.autograd.grad(lp, lp_in, dout, allow_unused=True)
+        for name, g, ghp, glp in zip("qkv", grads, hp_grads, lp_grads):
+            assert_close_to_reference(g, ghp, glp, factor=GRAD_FACTOR, name=f"d{name}")
+    return out
+
+
+@needs_gpu
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N{}H{}Lq{}Lk{}D{}".format(*s))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_backward(shape, dtype, mask_kind):
+    n, h, lq, lk, d = shape
+    q, k, v = _inputs(n, h, lq, lk, d, dtype)
+    mask, kind, causal = _mask(mask_kind, n, h, lq, lk)
+    # an all -inf additive row has no gradient in the float64 reference either (NaN there)
+    _check(q, k, v, mask, kind, causal, backward=mask_kind != "additive")
+
+
+@needs_gpu
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lse_matches_float64_logsumexp(dtype, mask_kind):
+    n, h, lq, lk, d = 2, 2, 70, 129, 64
+    q, k, v = _inputs(n, h, lq, lk, d, dtype)
+    mask, kind, causal = _mask(mask_kind, n, h, lq, lk)
+    out, lse = cuda_attention_fwd_op(q, k, v, mask, kind, causal, 1.0 / math.sqrt(d))
+    assert lse.shape == (n, h, lq) and lse.dtype == torch.float32 and lse.is_contiguous()
+    expected = _reference_lse(q, k, mask, kind, causal, None)
+    finite = torch.isfinite(expected)
+    assert torch.equal(torch.isposinf(lse), torch.isposinf(expected))
+    # rtol covers fully masked rows (lse ~ -1e10, where one fp32 ulp is 1024)
+    torch.testing.assert_close(lse[finite].double(), expected[finite], rtol=1e-5, atol=5e-3)
+
+
+@needs_gpu
+def test_all_minus_inf_row_gives_zero_output_and_infinite_lse():
+    q, k, v = _inputs(1, 2, 17, 70, 32, torch.float16)
+    mask = torch.zeros(1, 1, 17, 70, device=DEV)
+    mask[..., 3, :] = float("-inf")
+    out, lse = cuda_attention_fwd_op(q, k, v, mask, ADD, False, 0.2)
+    assert torch.count_nonzero(out[:, :, 3]) == 0
+    assert torch.isposinf(lse[:, :, 3]).all() and torch.isfinite(lse[:, :, :3]).all()
+
+
+@needs_gpu
+@pytest.mark.parametrize("lk", [70, 129])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fully_masked_row_is_mean_of_v_over_real_keys(dtype, lk):
+    """Past-the-end keys of the last 64-key block are excluded entirely: a fully masked row
+    averages exactly the L_k real rows of V, and its scores get no gradient."""
+    q, k, v = _inputs(2, 2, 5, lk, 64, dtype)
+    mask = torch.ones(2, lk, dtype=torch.bool, device=DEV)
+    mask[1] = False
+    qkv = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = cuda_attention(*qkv, mask, KEEP, False, None)
+    mean_v = v[1].double().mean(dim=1, keepdim=True).expand(2, 5, 64)
+    torch.testing.assert_close(out[1].double(), mean_v, atol=ATOL[dtype] * 10, rtol=0)
+    dq, dk, dv = torch.autograd.grad(out, qkv, torch.randn_like(out))
+    assert torch.count_nonzero(dq[1]) == 0 and torch.count_nonzero(dk[1]) == 0
+    assert torch.count_nonzero(dv[1]) > 0
+    _check(q, k, v, mask, KEEP)
+
+
+@needs_gpu
+def test_fully_masked_row_under_causal_averages_visible_keys():
+    q, k, v = _inputs(1, 1, 100, 100, 32, torch.float16)
+    mask = torch.zeros(1, 1, 100, 100, dtype=torch.bool, device=DEV)
+    mask[..., :20, :] = True  # rows 20.. are fully masked
+    out = _check(q, k, v, mask, KEEP, causal=True)
+    expected = torch.stack([v[0, 0, : i + 1].double().mean(0) for i in range(20, 100)])
+    torch.testing.assert_close(out[0, 0, 20:].double(), expected, atol=1e-2, rtol=0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.uint8, torch.int8, torch.int16,
+                                        torch.int32, torch.int64, torch.float16, torch.bfloat16,
+                                        torch.float32, torch.float64], ids=str)
+def test_keep_mask_of_every_dtype_reads_the_same(mask_dtype):
+    q, k, v = _inputs(2, 2, 17, 70, 64, torch.float16)
+    keep = torch.rand(2, 1, 17, 70, device=DEV) > 0.4
+    ref, _ = cuda_attention_fwd_op(q, k, v, keep, KEEP, False, 0.125)
+    out, _ = cuda_attention_fwd_op(q, k, v, keep.to(mask_dtype) * 3 if mask_dtype != torch.bool
+                                   else keep, KEEP, False, 0.125)
+    assert torch.equal(out, ref)
+    _check(q, k, v, keep.to(mask_dtype), KEEP, backward=False)
+
+
+@needs_gpu
+@pytest.mark.parametrize("mask_dtype", [torch.float16, torch.bfloat16, torch.float32,
+                                        torch.float64], ids=str)
+def test_additive_mask_dtypes(mask_dtype):
+    q, k, v = _inputs(1, 2, 33, 70, 32, torch.bfloat16)
+    mask = torch.randn(1, 2, 33, 70, device=DEV).to(mask_dtype)
+    _check(q, k, v, mask, ADD, backward=False)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_and_misaligned_inputs(dtype):
+    """q/k/v as views of a packed (N, L, 3, H, D) projection; a last-dim-strided k; a q whose
+    data pointer is not 16-byte aligned; a strided key-padding mask."""
+    n, h, l, d = 2, 3, 70, 64
+    packed = torch.randn(n, l, 3, h, d, device=DEV, dtype=dtype)
+    q, k, v = (packed[:, :, i].transpose(1, 2) for i in range(3))
+    assert not q.is_contiguous()
+    mask = torch.rand(n, 2 * l, device=DEV)[:, ::2] > 0.3
+    _check(q, k, v, mask, KEEP)
+    k_t = torch.randn(n, h, d, l, device=DEV, dtype=dtype).transpose(-1, -2)
+    _check(q, k_t, v)
+    flat = torch.randn(n * h * l * d + 1, device=DEV, dtype=dtype)
+    q_off = flat[1:].view(n, h, l, d)
+    assert q_off.data_ptr() % 16 != 0
+    _check(q_off, k, v, None, NONE, causal=True)
+
+
+@needs_gpu
+def test_output_layout_and_expanded_mask():
+    q, k, v = _inputs(2, 4, 17, 23, 64, torch.float16)
+    row = torch.rand(2, 1, 1, 23, device=DEV) > 0.5
+    out_row, lse_row = cuda_attention_fwd_op(q, k, v, row, KEEP, False, 0.125)
+    out_exp, lse_exp = cuda_attention_fwd_op(q, k, v, row.expand(2, 4, 17, 23), KEEP, False,
+                                             0.125)
+    assert torch.equal(out_row, out_exp) and torch.equal(lse_row, lse_exp)
+    assert out_row.transpose(1, 2).is_contiguous()  # (N, L_q, H, D) memory
+
+
+@needs_gpu
+def test_scale_and_long_sequence():
+    q, k, v = _inputs(1, 2, 300, 513, 64, torch.float16)
+    _check(q, k, v, None, NONE, causal=True, scale=0.37)
+    _check(q, k, v, None, NONE, causal=False)
+
+
+@needs_gpu
+def test_forward_is_deterministic():
+    q, k, v = _inputs(2, 2, 129, 129, 128, torch.bfloat16)
+    a = cuda_attention_fwd_op(q, k, v, None, NONE, True, 0.1)
+    b = cuda_attention_fwd_op(q, k, v, None, NONE, True, 0.1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@needs_gpu
+def test_fp32_and_large_head_dim_are_routed_to_triton():
+    from fastattn.ops.attention import triton_attention
+
+    for dtype, d in ((torch.float32, 64), (torch.float16, 256)):
+        q, k, v = _inputs(1, 2, 17, 33, d, dtype)
+        assert not attention_cuda.runs_cuda_kernel(q)
+        torch.testing.assert_close(cuda_attention(q, k, v, None, NONE, False, None),
+                                   triton_attention(q, k, v, None, NONE, False, None),
+                                   rtol=0, atol=0)
+
+
+@needs_gpu
+def test_public_api_backend_cuda():
+    q, k, v = _inputs(2, 2, 17, 70, 64, torch.float16)
+    mask = torch.rand(2, 70, device=DEV) > 0.3
+    out = fastattn.attention(q, k, v, mask, backend="cuda")
+    expected, _ = cuda_attention_fwd_op(q, k, v, mask, KEEP, False, 0.125)
+    assert torch.equal(out, expected)
+
+
+@needs_gpu
+def test_torch_compile_sees_one_op():
+    q, k, v = (t.requires_grad_() for t in _inputs(1, 2, 17, 33, 64, torch.float16))
+
+    def f(q, k, v):
+        return cuda_attention(q, k, v, None, NONE, True, 0.125).float().sum()
+
+    eager = f(q, k, v)
+    compiled = torch.compile(f, fullgraph=True)(q, k, v)
+    torch.testing.assert_close(compiled, eager)
+    grads = torch.autograd.grad(compiled, (q, k, v))
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+@needs_gpu
+def test_bad_inputs_name_the_argument():
+    C = pytest.importorskip("fastattn._C")
+    q, k, v = _inputs(1, 1, 5, 7, 64, torch.float16)
+    with pytest.raises(ValueError, match="head_dim"):
+        C.attention_fwd(*_inputs(1, 1, 5, 7, 136, torch.float16), None, NONE, False, 0.1)
+    with pytest.raises(TypeError, match="q must be"):
+        C.attention_fwd(q.float(), k.float(), v.float(), None, NONE, False, 0.1)
+    with pytest.raises(TypeError, match="k and v"):
+        C.attention_fwd(q, k.bfloat16(), v, None, NONE, False, 0.1)
+    with pytest.raises(ValueError, match="k must have shape"):
+        C.attention_fwd(q, k[:, :, :, :32], v, None, NONE, False, 0.1)
+    with pytest.raises(ValueError, match="mask of shape"):
+        C.attention_fwd(q, k, v, torch.ones(1, 1, 5, 6, device=DEV), KEEP, False, 0.1)
+    with pytest.raises(TypeError, match="additive mask"):
+        C.attention_fwd(q, k, v, torch.ones(1, 7, dtype=torch.bool, device=DEV), ADD, False,
+                        0.1)
+    with pytest.raises(ValueError, match="mask must be given"):
+        C.attention_fwd(q, k, v, None, KEEP, False, 0.1)
+    with pytest.raises(ValueError, match="k must be a CUDA tensor"):
+        C.attention_fwd(q, k.cpu(), v, None, NONE, False, 0.1)
+    with pytest.raises(ValueError, match="residual"):
+        x = torch.randn(4, 8, device=DEV)
+        torch.ops.fastattn.cuda_layer_norm_fwd(x, x[:, :4], None, None, 1e-5)
+    with pytest.raises(ValueError, match="activation"):
+        torch.ops.fastattn.cuda_bias_act_fwd(torch.randn(4, 8, device=DEV), None, "swish")
+
+
+# ----------------------------------------------------------------------------- LayerNorm
+
+LN_SHAPES = [(1, 768), (17, 1000), (3, 5, 1023), (129, 64), (2000, 256), (2, 4096), (4, 17)]
+LN_DTYPES = [pytest.param(torch.float32, id="fp32")] + DTYPES
+
+
+def _layer_norm_ref(x, residual, weight, bias, eps, dtype):
+    ts = [None if t is None else t.detach().to(dtype).requires_grad_()
+          for t in (x, residual, weight, bias)]
+    h = ts[0] if ts[1] is None else ts[0] + ts[1]
+    y = F.layer_norm(h, (x.shape[-1],), ts[2], ts[3], eps)
+    return ts, y
+
+
+@needs_gpu
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("shape", LN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", LN_DTYPES)
+def test_layer_norm_forward_backward(shape, dtype, residual):
+    cols = shape[-1]
+    x = torch.randn(shape, device=DEV, dtype=dtype) * 3 + 1
+    r = torch.randn(shape, device=DEV, dtype=dtype) if residual else None
+    w = torch.randn(cols, device=DEV, dtype=dtype)
+    b = torch.randn(cols, device=DEV, dtype=dtype)
+    eps = 1e-5
+    y, mean, rstd = torch.ops.fastattn.cuda_layer_norm_fwd(x, r, w, b, eps)
+    assert mean.shape == shape[:-1] and mean.dtype == torch.float32
+    hp_in, hp = _layer_norm_ref(x, r, w, b, eps, torch.float64)
+    lp_in, lp = _layer_norm_ref(x, r, w, b, eps, dtype)
+    assert_close_to_reference(y, hp, lp, name="y")
+    h64 = x.double() if r is None else x.double() + r.double()
+    torch.testing.assert_close(mean.double(), h64.mean(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rstd.double(), (h64.var(-1, unbiased=False) + eps).rsqrt(),
+                               rtol=1e-4, atol=0)
+
+    dy = torch.randn_like(y)
+    dx, dw, db = torch.ops.fastattn.cuda_layer_norm_bwd(dy, x, r, w, mean, rstd, True)
+    hp_grads = torch.autograd.grad(hp, [t for t in hp_in if t is not None], dy.double())
+    lp_grads = torch.autograd.grad(lp, [t for t in lp_in if t is not None], dy)
+    names = ["dx"] + (["dresidual"] if residual else []) + ["dweight", "dbias"]
+    ours = [dx] + ([dx] if residual else []) + [dw, db]
+    for name, g, ghp, glp in zip(names, ours, hp_grads, lp_grads):
+        assert_close_to_reference(g, ghp, glp, factor=GRAD_FACTOR, name=name)
+
+
+@needs_gpu
+def test_layer_norm_without_affine_and_misaligned():
+    x = torch.randn(33 * 768 + 1, device=DEV, dtype=torch.float16)[1:].view(33, 768)
+    assert x.data_ptr() % 16 != 0
+    y, mean, rstd = torch.ops.fastattn.cuda_layer_norm_fwd(x, None, None, None, 1e-6)
+    hp = F.layer_norm(x.double(), (768,), eps=1e-6)
+    lp = F.layer_norm(x, (768,), eps=1e-6)
+    assert_close_to_reference(y, hp, lp, name="y")
+    dy = torch.randn_like(y)
+    dx, dw, db = torch.ops.fastattn.cuda_layer_norm_bwd(dy, x, None, None, mean, rstd, False)
+    assert dw.numel() == 0 and db.numel() == 0
+    x64 = x.double().requires_grad_()
+    ghp, = torch.autograd.grad(F.layer_norm(x64, (768,), eps=1e-6), x64, dy.double())
+    x16 = x.clone().requires_grad_()
+    glp, = torch.autograd.grad(F.layer_norm(x16, (768,), eps=1e-6), x16, dy)
+    assert_close_to_reference(dx, ghp, glp, factor=GRAD_FACTOR, name="dx")
+
+
+@needs_gpu
+def test_layer_norm_backward_is_deterministic():
+    x = torch.randn(3000, 1024, device=DEV, dtype=torch.bfloat16)
+    w = torch.randn(1024, device=DEV, dtype=torch.bfloat16)
+    b = torch.randn(1024, device=DEV, dtype=torch.bfloat16)
+    y, mean, rstd = torch.ops.fastattn.cuda_layer_norm_fwd(x, None, w, b, 1e-5)
+    dy = torch.randn_like(y)
+    runs = [torch.ops.fastattn.cuda_layer_norm_bwd(dy, x, None, w, mean, rstd, True)
+            for _ in range(3)]
+    for other in runs[1:]:
+        assert all(torch.equal(a, c) for a, c in zip(runs[0], other))
+
+
+@needs_gpu
+def test_layer_norm_meta_shapes():
+    x = torch.empty(3, 5, 64, device="meta", dtype=torch.float16)
+    w = torch.empty(64, device="meta", dtype=torch.float16)
+    y, mean, rstd = torch.ops.fastattn.cuda_layer_norm_fwd(x, None, w, None, 1e-5)
+    assert y.shape == x.shape and mean.shape == (3, 5) and rstd.dtype == torch.float32
+    dx, dw, db = torch.ops.fastattn.cuda_layer_norm_bwd(x, x, None, w, mean, rstd, False)
+    assert dx.shape == x.shape and dw.shape == (64,) and db.shape == (0,)
+
+
+# --------------------------------------------------------------------- bias + activation
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+}
+
+
+@needs_gpu
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("shape", [(1, 8), (17, 3072), (3, 70, 129), (1000, 1023)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("dtype", LN_DTYPES)
+def test_bias_act_forward_backward(dtype, act, shape, with_bias):
+    x = torch.randn(shape, device=DEV, dtype=dtype) * 2
+    bias = torch.randn(shape[-1], device=DEV, dtype=dtype) if with_bias else None
+    fn = ACTIVATIONS[act]
+    y = torch.ops.fastattn.cuda_bias_act_fwd(x, bias, act)
+
+    def reference(dtype_):
+        pre = x.to(dtype_) if bias is None else x.to(dtype_) + bias.to(dtype_)
+        pre = pre.detach().requires_grad_()
+        return pre, fn(pre)
+
+    pre_hp, hp = reference(torch.float64)
+    pre_lp, lp = reference(dtype)
+    assert_close_to_reference(y, hp, lp, name="y")
+    dy = torch.randn_like(y)
+    dx = torch.ops.fastattn.cuda_bias_act_bwd(dy, x, bias, act)
+    ghp, = torch.autograd.grad(hp, pre_hp, dy.double())
+    glp, = torch.autograd.grad(lp, pre_lp, dy)
+    assert_close_to_reference(dx, ghp, glp, factor=GRAD_FACTOR, name="dx")
+
+
+@needs_gpu
+def test_bias_act_bad_bias_shape():
+    x = torch.randn(4, 8, device=DEV)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        torch.ops.fastattn.cuda_bias_act_fwd(x, torch.randn(7, device=DEV), "relu")
+
+
+# ------------------------------------------------------------- runs without a GPU as well
+
+def test_fake_op_gives_triton_layout():
+    q = torch.empty(2, 3, 17, 64, device="meta", dtype=torch.float16)
+    k = torch.empty(2, 3, 70, 64, device="meta", dtype=torch.float16)
+    out, lse = cuda_attention_fwd_op(q, k, k, None, NONE, False, 0.125)
+    assert out.shape == (2, 3, 17, 64) and out.transpose(1, 2).is_contiguous()
+    assert lse.shape == (2, 3, 17) and lse.dtype == torch.float32
+
+
+def test_routing_rule():
+    def t(dtype, d):
+        return torch.empty(1, 1, 1, d, device="meta", dtype=dtype)
+
+    assert attention_cuda.runs_cuda_kernel(t(torch.float16, 128))
+    assert attention_cuda.runs_cuda_kernel(t(torch.bfloat16, 40))
+    assert not attention_cuda.runs_cuda_kernel(t(torch.float32, 64))
+    assert not attention_cuda.runs_cuda_kernel(t(torch.float16, 136))
+    assert not attention_cuda.runs_cuda_kernel(t(torch.float16, 64), mask_kind=3)  # torch bool
+
+
+def test_cuda_backend_on_cpu_tensors_is_refused():
+    q = torch.randn(1, 1, 4, 32)
+    with pytest.raises(backends.BackendUnavailableError, match="cuda"):
+        fastattn.attention(q, q, q, backend="cuda")
