@@ -61,16 +61,18 @@ def _candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask_layo
     """Candidates, best first; later ones use less shared memory.  Chosen so that the sm_90a
     forward compiles without register spills for head_dim <= 128 (``fastattn kernels``)."""
     full_mask = mask_kind != 0 and mask_layout in ("full", "narrow")
+    wide = dtype == "float32"  # fp32 tiles take twice the shared memory and registers
+    short = bucket == "short"
     if mask_kind != 0 and mask_layout == "narrow":
         # A full (L_q, L_k) mask of 1- or 2-byte elements cannot be pipelined through cp.async
         # (4 bytes minimum), so its tiles stay in registers: small tiles, 8 warps, no stages.
         if kernel == "fwd":
+            if wide:
+                return [AttnConfig(64 if block_d <= 64 else 32, 32, 8, 1)]
             return [AttnConfig(64, 64 if block_d <= 64 else 32, 8, 1)]
         if kernel == "bwd_dkdv":
-            return [AttnConfig(32, 64 if block_d <= 64 else 32, 8, 1)]
-        return [AttnConfig(64 if block_d <= 64 else 32, 32, 8, 1)]
-    wide = dtype == "float32"  # fp32 tiles take twice the shared memory and registers
-    short = bucket == "short"
+            return [AttnConfig(32, 64 if block_d <= 64 and not wide else 32, 8, 1)]
+        return [AttnConfig(64 if block_d <= 64 and not wide else 32, 32, 8, 1)]
     if kernel == "fwd":
         if wide:
             if block_d <= 32:
@@ -78,11 +80,14 @@ def _candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask_layo
             elif block_d == 64:
                 cands = [AttnConfig(128, 32, 8, 2), AttnConfig(32, 32, 4, 1)]
             else:
-                cands = [AttnConfig(32, 32, 4, 1), AttnConfig(32, 16, 4, 1)]
+                cands = [AttnConfig(32, 32, 8, 1), AttnConfig(32, 16, 4, 1)]
         elif block_d <= 64:
-            cands = [AttnConfig(64, 64, 4, 3) if short else AttnConfig(128, 64, 8, 3)]
+            if full_mask:
+                cands = [AttnConfig(64, 64, 8, 3)]
+            else:
+                cands = [AttnConfig(64, 64, 4, 3) if short else AttnConfig(128, 64, 8, 3)]
         elif block_d == 128:
-            cands = [AttnConfig(64, 32, 4, 3) if short or full_mask else AttnConfig(128, 64, 8, 3)]
+            cands = [AttnConfig(64, 32, 4, 3)]
         else:
             cands = [AttnConfig(64, 64, 8, 2), AttnConfig(64, 32, 8, 1)]
     elif kernel == "bwd_dkdv":
