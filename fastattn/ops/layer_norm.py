@@ -25,7 +25,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from fastattn.backends import BackendUnavailableError, get_default_backend, resolve_backend
+from fastattn.backends import get_default_backend, resolve_backend
+from fastattn.ops.layer_norm_cuda import CUDA_MAX_HIDDEN, cuda_layer_norm
 from fastattn.kernels.layer_norm_configs import (
     INTERPRETER_SM_COUNT, REDUCE_BLOCK_N, REDUCE_BLOCK_P, REDUCE_NUM_WARPS, backward_grid,
     pick_config)
@@ -249,8 +250,9 @@ def _choose_backend(backend: Optional[str], x: torch.Tensor) -> str:
             return "torch"  # e.g. float64 on CUDA: the kernels do not take it
         raise TypeError(f"the fused LayerNorm kernels take float16, bfloat16 or float32 x, "
                         f"got {x.dtype}")
-    if chosen == "cuda":
-        raise BackendUnavailableError("backend='cuda' has no LayerNorm kernel in this build")
+    if chosen == "cuda" and x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"the CUDA LayerNorm kernels take float16, bfloat16 or float32 x, "
+                        f"got {x.dtype}")
     return chosen
 
 
@@ -269,8 +271,9 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
         eps: added to the variance.
         residual: optional, x's shape, dtype and device; the result is LN(x + residual) and
             both receive the same gradient (the post-LN encoder's norm(sublayer(x) + x)).
-        backend: "auto", "triton", "torch" or None (the process default).  "auto" falls back
-            to torch for dtypes the kernels do not take (float64).
+        backend: "auto", "triton", "torch", "cuda" or None (the process default).  "auto"
+            falls back to torch for dtypes the kernels do not take (float64).  "cuda" runs the
+            CUDA C++ kernels for hidden sizes up to 16384, the Triton ones above.
     Returns:
         x's shape and dtype, contiguous.  Statistics are fp32.  Under CUDA autocast, the inputs
         are computed in float32 and the result is float32, as torch.nn.functional.layer_norm.
@@ -282,7 +285,8 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
         up = lambda t: t if t is None or not isinstance(t, torch.Tensor) else t.float()
         x, residual, weight, bias = up(x), up(residual), up(weight), up(bias)
     _check_inputs(x, shape, weight, bias, eps, residual)
-    if _choose_backend(backend, x) == "torch":
+    chosen = _choose_backend(backend, x)
+    if chosen == "torch":
         return F.layer_norm(x if residual is None else x + residual, shape, weight, bias, eps)
     n = math.prod(shape)
     m = math.prod(x.shape[:x.dim() - len(shape)])
@@ -291,6 +295,8 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
     r2 = None if residual is None else rows(residual)
     w = None if weight is None else weight.reshape(n).contiguous()
     b = None if bias is None else bias.reshape(n).contiguous()
+    if chosen == "cuda" and n <= CUDA_MAX_HIDDEN:
+        return cuda_layer_norm(x2, r2, w, b, float(eps)).view(x.shape)
     store_sum = residual is not None and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, residual, weight, bias))
     y = layer_norm_fwd_op(x2, r2, w, b, float(eps), store_sum)[0]

@@ -470,3 +470,28 @@ def test_cuda_backend_on_cpu_tensors_is_refused():
     q = torch.randn(1, 1, 4, 32)
     with pytest.raises(backends.BackendUnavailableError, match="cuda"):
         fastattn.attention(q, q, q, backend="cuda")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_norm_module_on_the_cuda_backend(dtype):
+    """fastattn.LayerNorm(backend="cuda") with the fused residual, against float64 torch."""
+    import fastattn
+
+    ln = fastattn.LayerNorm(768, backend="cuda").to(DEV, dtype)
+    x, r = (torch.randn(4, 37, 768, device=DEV, dtype=dtype, requires_grad=True)
+            for _ in range(2))
+    out = ln(x, residual=r)
+    dy = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, r, ln.weight, ln.bias), dy)
+
+    def ref(dt):
+        ts = [t.detach().to(dt).requires_grad_() for t in (x, r, ln.weight, ln.bias)]
+        y = torch.nn.functional.layer_norm(ts[0] + ts[1], (768,), ts[2], ts[3], ln.eps)
+        return y, torch.autograd.grad(y, ts, dy.to(dt))
+
+    hp, hp_grads = ref(torch.float64)
+    lp, lp_grads = ref(dtype)
+    assert_close_to_reference(out, hp, lp)
+    for g, ghp, glp in zip(grads, hp_grads, lp_grads):
+        assert_close_to_reference(g, ghp, glp, factor=GRAD_FACTOR)
