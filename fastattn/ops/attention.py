@@ -24,6 +24,9 @@ from typing import Optional, Tuple
 import torch
 
 from fastattn.backends import interpreter_enabled
+from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on
+
+_launch_on = launch_on  # older name, still imported elsewhere
 from fastattn.kernels.attention_configs import (
     DEFAULT_SMEM_LIMIT, block_d_for, pick_config, smem_limit_for)
 
@@ -43,9 +46,6 @@ def _smem_limit(device: torch.device) -> int:
     return _device_smem_limit(device.index if device.index is not None else
                               torch.cuda.current_device())
 
-
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _mask_view(mask: Optional[torch.Tensor], ref: torch.Tensor, shape) -> Tuple[torch.Tensor, tuple]:
@@ -84,20 +84,6 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-class _launch_on:
-    """Make ``device`` the current CUDA device while launching (a no-op on CPU)."""
-
-    def __init__(self, device: torch.device):
-        self.ctx = torch.cuda.device(device) if device.type == "cuda" else None
-
-    def __enter__(self):
-        if self.ctx is not None:
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
-
 
 def _mask_layout(mask, mask_t: torch.Tensor, strides) -> str:
     """How the kernels read the mask (see ``pick_config``): none, row, full or narrow."""
@@ -118,7 +104,7 @@ def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float)
     """Launch the forward kernel; returns (out, lse)."""
     from fastattn.kernels.attention import attention_fwd_kernel
 
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     n, h, lq, d = q.shape
     lk = k.shape[2]
     out = torch.empty(n, lq, h, d, dtype=q.dtype, device=q.device).transpose(1, 2)
@@ -129,8 +115,8 @@ def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float)
     layout = _mask_layout(mask, mask_t, ms)
     mask_kind, masked_score = _kernel_mask(mask_kind)
     cfg = _config("fwd", q, mask_kind, lq, layout)
-    grid = (_cdiv(lq, cfg.block_m) * n * h,)
-    with _launch_on(q.device):
+    grid = (cdiv(lq, cfg.block_m) * n * h,)
+    with launch_on(q.device):
         attention_fwd_kernel[grid](
             q, k, v, mask_t, out, lse,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *out.stride()[:3],
@@ -148,7 +134,7 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
     from fastattn.kernels.attention import (
         attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, attention_bwd_preprocess_kernel)
 
-    q, k, v, out, dout = (_last_dim_contiguous(t) for t in (q, k, v, out, dout))
+    q, k, v, out, dout = (last_dim_contiguous(t) for t in (q, k, v, out, dout))
     n, h, lq, d = q.shape
     lk = k.shape[2]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -162,13 +148,13 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
     common = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row", PRECISION=_precision(q.dtype),
                   BLOCK_D=block_d)
     qk_scale = scale * 1.4426950408889634
-    with _launch_on(q.device):
+    with launch_on(q.device):
         pre_m = 64 if not interpreter_enabled() else 16
-        attention_bwd_preprocess_kernel[(_cdiv(lq, pre_m) * n * h,)](
+        attention_bwd_preprocess_kernel[(cdiv(lq, pre_m) * n * h,)](
             out, dout, delta, *out.stride()[:3], *dout.stride()[:3], h, lq, d,
             BLOCK_M=pre_m, BLOCK_D=block_d)
         cfg = _config("bwd_dkdv", q, mask_kind, lk, layout)
-        attention_bwd_dkdv_kernel[(_cdiv(lk, cfg.block_n) * n * h,)](
+        attention_bwd_dkdv_kernel[(cdiv(lk, cfg.block_n) * n * h,)](
             q, k, v, mask_t, dout, lse, delta, dk, dv,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
             *dk.stride()[:3], *dv.stride()[:3],
@@ -176,7 +162,7 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, **common)
         cfg = _config("bwd_dq", q, mask_kind, lq, layout)
-        attention_bwd_dq_kernel[(_cdiv(lq, cfg.block_m) * n * h,)](
+        attention_bwd_dq_kernel[(cdiv(lq, cfg.block_m) * n * h,)](
             q, k, v, mask_t, dout, lse, delta, dq,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
             *dq.stride()[:3],
@@ -185,9 +171,6 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
             num_stages=cfg.num_stages, **common)
     return dq, dk, dv
 
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 # --------------------------------------------------------------------------- torch.library ops
@@ -216,8 +199,8 @@ def attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
 
 @attention_bwd_op.register_fake
 def _(dout, q, k, v, out, lse, mask, mask_kind, causal, scale):
-    return (torch.empty_like(_last_dim_contiguous(q)), torch.empty_like(_last_dim_contiguous(k)),
-            torch.empty_like(_last_dim_contiguous(v)))
+    return (torch.empty_like(last_dim_contiguous(q)), torch.empty_like(last_dim_contiguous(k)),
+            torch.empty_like(last_dim_contiguous(v)))
 
 
 def _setup_context(ctx, inputs, output):

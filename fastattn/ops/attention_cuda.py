@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from fastattn.ops.attention import attention_bwd_op, triton_attention
+from fastattn.ops.attention import _backward, _setup_context, triton_attention
 
 CUDA_DTYPES = (torch.float16, torch.bfloat16)
 CUDA_MAX_HEAD_DIM = 128
@@ -53,21 +53,8 @@ def _(q, k, v, mask, mask_kind, causal, scale):
     return out, q.new_empty(n, h, lq, dtype=torch.float32)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, mask, mask_kind, causal, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, mask)
-    ctx.mask_kind, ctx.causal, ctx.scale = mask_kind, causal, scale
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, mask = ctx.saved_tensors
-    dq, dk, dv = attention_bwd_op(dout, q, k, v, out, lse, mask, ctx.mask_kind, ctx.causal,
-                                  ctx.scale)
-    return dq, dk, dv, None, None, None, None
-
-
+# Same inputs and saved tensors as the Triton forward op: its autograd (the Triton backward)
+# serves this op unchanged.
 cuda_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fastattn.backends import get_default_backend, resolve_backend
+from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on
 from fastattn.ops.layer_norm_cuda import CUDA_MAX_HIDDEN, cuda_layer_norm
 from fastattn.kernels.layer_norm_configs import (
     INTERPRETER_SM_COUNT, REDUCE_BLOCK_N, REDUCE_BLOCK_P, REDUCE_NUM_WARPS, backward_grid,
@@ -46,28 +47,11 @@ def _sm_count(device: torch.device) -> int:
                             torch.cuda.current_device())
 
 
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-class _launch_on:
-    """Make ``device`` the current CUDA device while launching (a no-op on CPU)."""
-
-    def __init__(self, device: torch.device):
-        self.ctx = torch.cuda.device(device) if device.type == "cuda" else None
-
-    def __enter__(self):
-        if self.ctx is not None:
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
 
 
 def layer_norm_forward(x, residual, weight, bias, eps: float, store_sum: bool):
     """Launch the forward kernel; returns (y, mean, rstd, xsum) as documented above."""
-    x = _last_dim_contiguous(x)
+    x = last_dim_contiguous(x)
     m, n = x.shape
     y = x.new_empty((m, n))
     mean = x.new_zeros((m,), dtype=torch.float32)
@@ -77,20 +61,20 @@ def layer_norm_forward(x, residual, weight, bias, eps: float, store_sum: bool):
         return y, mean, rstd, xsum
     from fastattn.kernels.layer_norm import layer_norm_fwd_kernel, layer_norm_fwd_looped_kernel
 
-    res = x if residual is None else _last_dim_contiguous(residual)
+    res = x if residual is None else last_dim_contiguous(residual)
     s = xsum if store_sum else x
     cfg = pick_config(n, "fwd")
     args = (x, res, x if weight is None else weight, x if bias is None else bias, y, s, mean, rstd,
             x.stride(0), res.stride(0), y.stride(0), s.stride(0), m, n, float(eps),
             int(residual is not None), int(weight is not None), int(bias is not None),
             int(store_sum))
-    with _launch_on(x.device):
+    with launch_on(x.device):
         if cfg.looped:
             layer_norm_fwd_looped_kernel[(m,)](*args, BLOCK_N=cfg.block_n,
                                                num_warps=cfg.num_warps,
                                                num_stages=cfg.num_stages)
         else:
-            layer_norm_fwd_kernel[(_cdiv(m, cfg.block_m),)](
+            layer_norm_fwd_kernel[(cdiv(m, cfg.block_m),)](
                 *args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages)
     return y, mean, rstd, xsum
@@ -101,7 +85,7 @@ def layer_norm_backward(dy, x, weight, mean, rstd, compute_dw: bool, compute_db:
 
     Deterministic: per-program partial sums, then a fixed-order reduction; no atomics.
     """
-    dy, x = _last_dim_contiguous(dy), _last_dim_contiguous(x)
+    dy, x = last_dim_contiguous(dy), last_dim_contiguous(x)
     m, n = x.shape
     dx = x.new_empty((m, n))
     dw = x.new_zeros((n,) if compute_dw else (0,))
@@ -120,7 +104,7 @@ def layer_norm_backward(dy, x, weight, mean, rstd, compute_dw: bool, compute_db:
     args = (dy, x, x if weight is None else weight, mean, rstd, dx, dw_part, db_part,
             dy.stride(0), x.stride(0), dx.stride(0), m, n, per_program,
             int(weight is not None), int(compute_dw), int(compute_db))
-    with _launch_on(x.device):
+    with launch_on(x.device):
         if cfg.looped:
             layer_norm_bwd_looped_kernel[(programs,)](*args, BLOCK_N=cfg.block_n,
                                                       num_warps=cfg.num_warps,
@@ -130,15 +114,12 @@ def layer_norm_backward(dy, x, weight, mean, rstd, compute_dw: bool, compute_db:
                                                num_warps=cfg.num_warps,
                                                num_stages=cfg.num_stages)
         if outs:
-            layer_norm_reduce_kernel[(_cdiv(n, REDUCE_BLOCK_N), len(outs))](
+            layer_norm_reduce_kernel[(cdiv(n, REDUCE_BLOCK_N), len(outs))](
                 part, outs[0], outs[-1], programs, n,
                 BLOCK_P=REDUCE_BLOCK_P, BLOCK_N=REDUCE_BLOCK_N, num_warps=REDUCE_NUM_WARPS,
                 num_stages=1)
     return dx, dw, db
 
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 # --------------------------------------------------------------------------- torch.library ops
@@ -290,7 +271,7 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
         return F.layer_norm(x if residual is None else x + residual, shape, weight, bias, eps)
     n = math.prod(shape)
     m = math.prod(x.shape[:x.dim() - len(shape)])
-    rows = lambda t: _last_dim_contiguous(t.reshape(m, n))
+    rows = lambda t: last_dim_contiguous(t.reshape(m, n))
     x2 = rows(x)
     r2 = None if residual is None else rows(residual)
     w = None if weight is None else weight.reshape(n).contiguous()
