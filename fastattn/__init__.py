@@ -8,6 +8,7 @@ from fastattn.backends import (BackendUnavailableError, get_default_backend,
 from fastattn.functional import attention, scaled_dot_product_attention
 from fastattn.modules import LayerNorm, SelfAttention
 from fastattn.ops.layer_norm import layer_norm
+from fastattn.ops.varlen import pad_input, unpad_input, varlen_attention
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,9 @@ __all__ = [
     "layer_norm",
     "reference",
     "scaled_dot_product_attention",
+    "pad_input",
     "set_default_backend",
+    "unpad_input",
     "use_backend",
+    "varlen_attention",
 ]

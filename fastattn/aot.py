@@ -24,6 +24,7 @@ from typing import Dict, Iterable, List, Optional
 # Kernel families: modules that define ``aot_specs(capability_major)``.
 SPEC_PROVIDERS = [
     "fastattn.kernels.attention_configs",
+    "fastattn.kernels.attention_varlen_configs",
     "fastattn.kernels.layer_norm_configs",
 ]
 

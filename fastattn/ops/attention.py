@@ -25,8 +25,6 @@ import torch
 
 from fastattn.backends import interpreter_enabled
 from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on
-
-_launch_on = launch_on  # older name, still imported elsewhere
 from fastattn.kernels.attention_configs import (
     DEFAULT_SMEM_LIMIT, block_d_for, pick_config, smem_limit_for)
 
