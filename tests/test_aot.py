@@ -37,7 +37,7 @@ def test_every_configuration_compiles(rows):
 
 def test_attention_forward_does_not_spill_on_sm90a(rows):
     data, _ = rows
-    fwd = [r for r in data if r["kernel"] in ("attention_fwd", "varlen_attention_fwd")
+    fwd = [r for r in data if r["kernel"] in ("attention_fwd", "varlen_fwd")
            and r["arch"] == "sm_90a" and r["head_dim"] <= 128]
     assert fwd
     spilling = [f"{r['config']}: {r['spill_stores']} B stores" for r in fwd
@@ -48,7 +48,7 @@ def test_attention_forward_does_not_spill_on_sm90a(rows):
 def test_half_precision_uses_tensor_cores(rows):
     data, _ = rows
     for r in data:
-        if "attention" in r["kernel"] and ("float16" in r["config"]):
+        if r["kernel"].startswith(("attention", "varlen")) and "float16" in r["config"]:
             want = "wgmma" if r["arch"] == "sm_90a" else "mma"
             assert want in r["tensor_cores"], (r["kernel"], r["config"], r["arch"])
 
