@@ -26,6 +26,7 @@ SPEC_PROVIDERS = [
     "fastattn.kernels.attention_configs",
     "fastattn.kernels.attention_varlen_configs",
     "fastattn.kernels.layer_norm_configs",
+    "fastattn.kernels.matmul_configs",
 ]
 
 ARCHS = {"sm_80": 80, "sm_90a": 90}

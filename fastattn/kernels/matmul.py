@@ -1,0 +1,121 @@
+"""Triton GEMM with a fused epilogue: the feed-forward block's matrix products.
+
+Computes C = epilogue(A @ B) for A (M, K) and B (K, N), both addressed through strides (so a
+weight W of shape (N, K) is read as B = W^T without a copy), with, in this order:
+
+    + bias[n]                       HAS_BIAS
+    PRE[m, n] = acc; acc = act(acc) ACTIVATION != 0 (STORE_PRE writes the pre-activation)
+    acc *= act'(PRE[m, n])          ACT_GRAD != 0    (backward: dH = (dY @ W2) * act'(H))
+    + RESIDUAL[m, n]                HAS_RESIDUAL
+    C[m, n] = acc (in C's dtype; fp32 accumulation)
+
+Activations: 1 relu, 2 gelu (erf, torch's approximate="none"), 3 gelu_tanh.
+
+Pointers: A (M, K), B (K, N), C / PRE / RESIDUAL (M, N), BIAS (N,).
+
+Design trade-off: one program per (BLOCK_M, BLOCK_N) tile of C with a K loop on tensor cores
+(tl.dot; wgmma on sm_90a for fp16/bf16), programs ordered in groups of GROUP_M row tiles so that
+neighbours share B tiles in L2.  The epilogue runs on the fp32 accumulator while it is still in
+registers, so bias, activation, activation gradient and residual cost no extra pass over memory.
+No split-K: the feed-forward's K (E or 4E) is small enough that tiles of C give full occupancy
+at BERT token counts.
+"""
+import triton
+import triton.language as tl
+
+ACT_NONE = 0
+ACT_RELU = 1
+ACT_GELU = 2
+ACT_GELU_TANH = 3
+
+SQRT1_2 = tl.constexpr(0.7071067811865476)
+SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+GELU_TANH_C = tl.constexpr(0.044715)
+
+
+@triton.jit
+def _activation(h, ACTIVATION: tl.constexpr):
+    if ACTIVATION == 1:
+        return tl.maximum(h, 0.0)
+    elif ACTIVATION == 2:
+        return 0.5 * h * (1.0 + tl.math.erf(h * SQRT1_2))
+    elif ACTIVATION == 3:
+        u = SQRT_2_OVER_PI * (h + GELU_TANH_C * h * h * h)
+        t = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)  # tanh(u), saturating cleanly to +-1
+        return 0.5 * h * (1.0 + t)
+    else:
+        return h
+
+
+@triton.jit
+def _activation_grad(h, ACTIVATION: tl.constexpr):
+    """d act(h) / dh."""
+    if ACTIVATION == 1:
+        return tl.where(h > 0.0, 1.0, 0.0)
+    elif ACTIVATION == 2:
+        return 0.5 * (1.0 + tl.math.erf(h * SQRT1_2)) + h * INV_SQRT_2PI * tl.exp(-0.5 * h * h)
+    elif ACTIVATION == 3:
+        u = SQRT_2_OVER_PI * (h + GELU_TANH_C * h * h * h)
+        t = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
+        du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * h * h)
+        return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * du
+    else:
+        return tl.zeros_like(h) + 1.0
+
+
+@triton.jit
+def matmul_epilogue_kernel(
+    A, B, C, BIAS, PRE, RESIDUAL,
+    M, N, K,
+    stride_am, stride_ak,
+    stride_bk, stride_bn,
+    stride_cm, stride_cn,
+    stride_pm, stride_pn,
+    stride_rm, stride_rn,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PRE: tl.constexpr,
+    ACT_GRAD: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    group_rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % group_rows
+    pid_n = (pid % group) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows = offs_m.to(tl.int64)
+    a_ptrs = A + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = B + offs_k[:, None] * stride_bk + offs_n[None, :].to(tl.int64) * stride_bn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = offs_k + k0 < K
+        a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & (offs_n[None, :] < N), other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    ok = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if HAS_BIAS:
+        acc += tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    if ACTIVATION != 0:
+        if STORE_PRE:
+            tl.store(PRE + rows[:, None] * stride_pm + offs_n[None, :] * stride_pn,
+                     acc.to(PRE.dtype.element_ty), mask=ok)
+        acc = _activation(acc, ACTIVATION)
+    if ACT_GRAD != 0:
+        pre = tl.load(PRE + rows[:, None] * stride_pm + offs_n[None, :] * stride_pn, mask=ok,
+                      other=0.0).to(tl.float32)
+        acc *= _activation_grad(pre, ACT_GRAD)
+    if HAS_RESIDUAL:
+        acc += tl.load(RESIDUAL + rows[:, None] * stride_rm + offs_n[None, :] * stride_rn,
+                       mask=ok, other=0.0).to(tl.float32)
+    tl.store(C + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
+             acc.to(C.dtype.element_ty), mask=ok)
