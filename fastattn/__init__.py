@@ -6,7 +6,9 @@ from fastattn import reference
 from fastattn.backends import (BackendUnavailableError, get_default_backend,
                                set_default_backend, use_backend)
 from fastattn.functional import attention, scaled_dot_product_attention
-from fastattn.modules import FeedForward, LayerNorm, SelfAttention
+from fastattn.convert import from_reference
+from fastattn.modules import (BertEncoder, BertEncoderLayer, BertForSequenceClassification,
+                              FeedForward, LayerNorm, SelfAttention)
 from fastattn.ops.feedforward import feedforward
 from fastattn.ops.layer_norm import layer_norm
 from fastattn.ops.varlen import pad_input, unpad_input, varlen_attention
@@ -15,11 +17,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "BertEncoder",
+    "BertEncoderLayer",
+    "BertForSequenceClassification",
     "FeedForward",
     "LayerNorm",
     "SelfAttention",
     "attention",
     "feedforward",
+    "from_reference",
     "get_default_backend",
     "layer_norm",
     "reference",

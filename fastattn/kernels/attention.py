@@ -31,15 +31,8 @@ Masked scores under MASK_KEEP are the constant -1e10, so a fully masked row atte
 to its keys.  In fp32, lse = -1e10 + log(count) rounds to -1e10 and loses log(count); the
 backward kernels therefore recognise such rows (lse < -1e9) and use p = 1 / count directly.
 """
-import warnings
-
 import triton
 import triton.language as tl
-
-# Block pointers address the ragged (L, D) tiles with boundary checks and keep register use low;
-# newer Triton marks them deprecated in favour of TMA descriptors, which need 16-byte-aligned
-# strides that arbitrary (N, H, L, D) views do not have.
-warnings.filterwarnings("ignore", message="tl.make_block_ptr is deprecated")
 
 MASK_NONE = 0
 MASK_KEEP = 1

@@ -87,35 +87,42 @@ def matmul_epilogue_kernel(
     pid_m = first_m + (pid % group) % group_rows
     pid_n = (pid % group) // group_rows
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    rows = offs_m.to(tl.int64)
-    a_ptrs = A + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = B + offs_k[:, None] * stride_bk + offs_n[None, :].to(tl.int64) * stride_bn
+    start_m = pid_m * BLOCK_M
+    start_n = pid_n * BLOCK_N
+    a_ptr = tl.make_block_ptr(A, shape=(M, K), strides=(stride_am, stride_ak),
+                              offsets=(start_m, 0), block_shape=(BLOCK_M, BLOCK_K), order=(1, 0))
+    b_ptr = tl.make_block_ptr(B, shape=(K, N), strides=(stride_bk, stride_bn),
+                              offsets=(0, start_n), block_shape=(BLOCK_K, BLOCK_N), order=(1, 0))
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = offs_k + k0 < K
-        a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & k_ok[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_ok[:, None] & (offs_n[None, :] < N), other=0.0)
+    for _ in range(0, K, BLOCK_K):
+        a = tl.load(a_ptr, boundary_check=(0, 1), padding_option="zero")
+        b = tl.load(b_ptr, boundary_check=(0, 1), padding_option="zero")
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+        a_ptr = tl.advance(a_ptr, (0, BLOCK_K))
+        b_ptr = tl.advance(b_ptr, (BLOCK_K, 0))
 
-    ok = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if HAS_BIAS:
+        offs_n = start_n + tl.arange(0, BLOCK_N)
         acc += tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     if ACTIVATION != 0:
         if STORE_PRE:
-            tl.store(PRE + rows[:, None] * stride_pm + offs_n[None, :] * stride_pn,
-                     acc.to(PRE.dtype.element_ty), mask=ok)
+            pre_ptr = tl.make_block_ptr(PRE, shape=(M, N), strides=(stride_pm, stride_pn),
+                                        offsets=(start_m, start_n),
+                                        block_shape=(BLOCK_M, BLOCK_N), order=(1, 0))
+            tl.store(pre_ptr, acc.to(PRE.dtype.element_ty), boundary_check=(0, 1))
         acc = _activation(acc, ACTIVATION)
     if ACT_GRAD != 0:
-        pre = tl.load(PRE + rows[:, None] * stride_pm + offs_n[None, :] * stride_pn, mask=ok,
-                      other=0.0).to(tl.float32)
+        pre_ptr = tl.make_block_ptr(PRE, shape=(M, N), strides=(stride_pm, stride_pn),
+                                    offsets=(start_m, start_n), block_shape=(BLOCK_M, BLOCK_N),
+                                    order=(1, 0))
+        pre = tl.load(pre_ptr, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
         acc *= _activation_grad(pre, ACT_GRAD)
     if HAS_RESIDUAL:
-        acc += tl.load(RESIDUAL + rows[:, None] * stride_rm + offs_n[None, :] * stride_rn,
-                       mask=ok, other=0.0).to(tl.float32)
-    tl.store(C + rows[:, None] * stride_cm + offs_n[None, :] * stride_cn,
-             acc.to(C.dtype.element_ty), mask=ok)
+        res_ptr = tl.make_block_ptr(RESIDUAL, shape=(M, N), strides=(stride_rm, stride_rn),
+                                    offsets=(start_m, start_n), block_shape=(BLOCK_M, BLOCK_N),
+                                    order=(1, 0))
+        acc += tl.load(res_ptr, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    c_ptr = tl.make_block_ptr(C, shape=(M, N), strides=(stride_cm, stride_cn),
+                              offsets=(start_m, start_n), block_shape=(BLOCK_M, BLOCK_N),
+                              order=(1, 0))
+    tl.store(c_ptr, acc.to(C.dtype.element_ty), boundary_check=(0, 1))

@@ -1,0 +1,98 @@
+"""The guide's BERT encoder on the fused modules: ``BertEncoderLayer`` and ``BertEncoder``.
+
+Same constructor arguments, forward signatures and parameter names as
+:class:`fastattn.reference.BertEncoderLayer` / :class:`fastattn.reference.BertEncoder`, so state
+dicts move both ways.  Each residual add is fused into the LayerNorm that follows it::
+
+    x   = norm1(attention(values, keys, query, mask), residual=query)   # LN(attn + query)
+    out = norm2(feedforward(x), residual=x)                             # LN(ff(x) + x)
+
+The second add could instead sit in the epilogue of the feed-forward's second GEMM; that moves
+the same bytes (the GEMM would read x, the LayerNorm one tensor instead of two), so the add stays
+in the LayerNorm kernel, which already holds both rows in registers for the statistics.
+
+Shapes: ``N`` batch, ``L`` sequence length, ``E`` embed size.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from fastattn.modules.feedforward import FeedForward
+from fastattn.modules.layer_norm import LayerNorm
+from fastattn.modules.self_attention import SelfAttention
+
+
+class BertEncoderLayer(nn.Module):
+    """Post-LN encoder layer: ``norm1(attention + query)``, then ``norm2(feedforward(x) + x)``.
+
+    Args:
+        embed_size: E.  heads: H (E divisible by H).  forward_expansion: hidden = fe·E.
+        qkv_projection: see :class:`fastattn.SelfAttention`.
+        activation: the feed-forward's activation ("relu" as the guide).
+        backend: "auto", "triton", "torch", "cuda" or None (the process default).
+    Shapes:
+        forward(values (N, L_k, E), keys (N, L_k, E), query (N, L_q, E),
+        mask None / (N, L_k) / broadcastable to (N, H, L_q, L_k)) -> (N, L_q, E).
+    """
+
+    def __init__(self, embed_size: int, heads: int, forward_expansion: int, *,
+                 qkv_projection: bool = True, activation: str = "relu",
+                 backend: Optional[str] = None, device=None, dtype=None):
+        super().__init__()
+        kw = dict(backend=backend, device=device, dtype=dtype)
+        self.attention = SelfAttention(embed_size, heads, qkv_projection=qkv_projection, **kw)
+        self.norm1 = LayerNorm(embed_size, **kw)
+        self.norm2 = LayerNorm(embed_size, **kw)
+        self.feedforward = FeedForward(embed_size, forward_expansion, activation, **kw)
+
+    def forward(self, values: torch.Tensor, keys: torch.Tensor, query: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.norm1(self.attention(values, keys, query, mask), residual=query)
+        return self.norm2(self.feedforward(x), residual=x)
+
+
+class BertEncoder(nn.Module):
+    """Token + position embeddings, dropout, then ``num_layers`` fused encoder layers.
+
+    Args: the guide's (src_vocab_size, embed_size, num_layers, heads, forward_expansion,
+        dropout, max_length), then the keywords of :class:`BertEncoderLayer`.
+    Shapes:
+        forward(x (N, L) token ids with L <= max_length,
+        mask None / (N, L) / broadcastable to (N, H, L, L), usually (N, 1, 1, L)) -> (N, L, E).
+    """
+
+    def __init__(self, src_vocab_size: int, embed_size: int, num_layers: int, heads: int,
+                 forward_expansion: int, dropout: float, max_length: int, *,
+                 qkv_projection: bool = True, activation: str = "relu",
+                 backend: Optional[str] = None, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.embed_size = embed_size
+        self.src_vocab_size = src_vocab_size
+        self.num_layers = num_layers
+        self.max_length = max_length
+        self.embeddings = nn.Embedding(src_vocab_size, embed_size, **kw)
+        self.pos_embeddings = nn.Embedding(max_length, embed_size, **kw)
+        self.layers = nn.ModuleList(
+            BertEncoderLayer(embed_size, heads, forward_expansion, qkv_projection=qkv_projection,
+                             activation=activation, backend=backend, **kw)
+            for _ in range(num_layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor of token ids, got {type(x).__name__}")
+        if x.dim() != 2 or x.dtype.is_floating_point or x.dtype.is_complex:
+            raise ValueError(f"x must be (N, L) integer token ids, got shape {tuple(x.shape)} "
+                             f"of {x.dtype}")
+        if x.shape[1] > self.max_length:
+            raise ValueError(f"x has length {x.shape[1]} > max_length {self.max_length}")
+        positions = torch.arange(x.shape[1], device=x.device)
+        out = self.dropout(self.embeddings(x) + self.pos_embeddings(positions))
+        for layer in self.layers:
+            out = layer(out, out, out, mask)
+        return out
