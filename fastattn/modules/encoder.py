@@ -23,6 +23,7 @@ import torch.nn as nn
 from fastattn.modules.feedforward import FeedForward
 from fastattn.modules.layer_norm import LayerNorm
 from fastattn.modules.self_attention import SelfAttention
+from fastattn.ops.varlen import pad_input, unpad_input
 
 
 class BertEncoderLayer(nn.Module):
@@ -53,12 +54,24 @@ class BertEncoderLayer(nn.Module):
         x = self.norm1(self.attention(values, keys, query, mask), residual=query)
         return self.norm2(self.feedforward(x), residual=x)
 
+    def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor,
+                       max_seqlen: int) -> torch.Tensor:
+        """The layer over packed real tokens x (T, E) of the sequences ``cu_seqlens`` (B + 1,)."""
+        x = self.norm1(self.attention.forward_packed(x, cu_seqlens, max_seqlen), residual=x)
+        return self.norm2(self.feedforward(x), residual=x)
+
 
 class BertEncoder(nn.Module):
     """Token + position embeddings, dropout, then ``num_layers`` fused encoder layers.
 
     Args: the guide's (src_vocab_size, embed_size, num_layers, heads, forward_expansion,
-        dropout, max_length), then the keywords of :class:`BertEncoderLayer`.
+        dropout, max_length), then the keywords of :class:`BertEncoderLayer`, and
+        unpad: with a key-padding mask ((N, L) or (N, 1, 1, L)), remove the padding once after
+            the embeddings, run every layer on the packed real tokens (variable-length
+            attention; LayerNorm and feed-forward on real tokens only) and restore the padded
+            layout at the output.  Real tokens get the padded computation's result; padded
+            positions are not computed and are 0 in the output.  Masks of other shapes keep
+            the padded path.  False always runs the padded path.
     Shapes:
         forward(x (N, L) token ids with L <= max_length,
         mask None / (N, L) / broadcastable to (N, H, L, L), usually (N, 1, 1, L)) -> (N, L, E).
@@ -67,9 +80,10 @@ class BertEncoder(nn.Module):
     def __init__(self, src_vocab_size: int, embed_size: int, num_layers: int, heads: int,
                  forward_expansion: int, dropout: float, max_length: int, *,
                  qkv_projection: bool = True, activation: str = "relu",
-                 backend: Optional[str] = None, device=None, dtype=None):
+                 backend: Optional[str] = None, unpad: bool = True, device=None, dtype=None):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
+        self.unpad = unpad
         self.embed_size = embed_size
         self.src_vocab_size = src_vocab_size
         self.num_layers = num_layers
@@ -93,6 +107,24 @@ class BertEncoder(nn.Module):
             raise ValueError(f"x has length {x.shape[1]} > max_length {self.max_length}")
         positions = torch.arange(x.shape[1], device=x.device)
         out = self.dropout(self.embeddings(x) + self.pos_embeddings(positions))
+        keep = self._key_padding(mask, x.shape)
+        if self.unpad and keep is not None:
+            packed, indices, cu_seqlens, max_seqlen = unpad_input(out, keep)
+            for layer in self.layers:
+                packed = layer.forward_packed(packed, cu_seqlens, max_seqlen)
+            return pad_input(packed, indices, x.shape[0], x.shape[1])
         for layer in self.layers:
             out = layer(out, out, out, mask)
         return out
+
+    @staticmethod
+    def _key_padding(mask: Optional[torch.Tensor], ids_shape) -> Optional[torch.Tensor]:
+        """(N, L) bool of real tokens when ``mask`` is a key-padding mask, else None."""
+        n, l = ids_shape
+        if mask is None:
+            return None
+        if tuple(mask.shape) == (n, l):
+            return mask != 0
+        if tuple(mask.shape) == (n, 1, 1, l):
+            return mask[:, 0, 0, :] != 0
+        return None

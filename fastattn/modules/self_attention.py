@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastattn.functional import attention
+from fastattn.ops.varlen import varlen_attention
 
 
 class SelfAttention(nn.Module):
@@ -84,3 +85,21 @@ class SelfAttention(nn.Module):
         split = lambda t: t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
         out = attention(split(q), split(k), split(v), mask, backend=self.backend)
         return self.fc_out(out.transpose(1, 2).reshape(n, lq, self.embed_size))
+
+    def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor,
+                       max_seqlen: int) -> torch.Tensor:
+        """Self-attention over packed tokens, no padding computed.
+
+        x: (T, E) — the real tokens of B sequences, back to back; cu_seqlens: (B + 1,) int32
+        offsets of the sequences in x; max_seqlen: the longest length (a Python int).
+        Returns (T, E); equal to ``forward(x, x, x, key_padding_mask)`` on the real tokens.
+        """
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.embed_size:
+            raise ValueError(f"x must be packed tokens of shape (T, {self.embed_size}), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
+        q, k, v = self._project(x, x, x)
+        split = lambda t: t.unflatten(-1, (self.heads, self.head_dim))
+        backend = "triton" if self.backend == "cuda" else self.backend  # no CUDA C++ varlen
+        out = varlen_attention(split(q), split(k), split(v), cu_seqlens, cu_seqlens,
+                               max_seqlen, max_seqlen, backend=backend)
+        return self.fc_out(out.flatten(-2))

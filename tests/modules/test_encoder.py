@@ -103,19 +103,23 @@ def test_layer_is_built_from_fused_pieces():
     assert layer.norm1.eps == torch.nn.LayerNorm(E).eps
 
 
-def _encoders(backend, num_layers, qkv_projection=True):
+def _encoders(backend, num_layers, qkv_projection=True, unpad=True):
     torch.manual_seed(1)
     ref = reference.BertEncoder(VOCAB, E, num_layers, HEADS, FE, 0.1, MAX_LEN,
                                 qkv_projection=qkv_projection).to(DEVICE)
     fused = BertEncoder(VOCAB, E, num_layers, HEADS, FE, 0.1, MAX_LEN,
-                        qkv_projection=qkv_projection, backend=backend)
+                        qkv_projection=qkv_projection, backend=backend, unpad=unpad)
     fused.load_state_dict(ref.state_dict())
     return ref.eval(), fused.to(DEVICE).eval()
 
 
-def _run_encoder(module, ids, mask, dtype):
+def _run_encoder(module, ids, mask, dtype, real=None):
+    """Output and gradients; with ``real`` (N, L) only real tokens count: padded positions are
+    zeroed, so they feed no gradient (the packed path does not compute them at all)."""
     module = module.to(dtype)
     out = module(ids, mask)
+    if real is not None:
+        out = out * real[..., None]
     return out, _grads(module, out, [])
 
 
@@ -123,17 +127,48 @@ ENCODER_CASES = [("torch", 2, 1, True), ("torch", 2, 70, False), ("torch", 1, 17
                  ("triton", 2, 17, True), ("triton", 1, 70, True)]
 
 
+@pytest.mark.parametrize("unpad", [True, False], ids=["packed", "padded"])
 @pytest.mark.parametrize("backend,num_layers,length,qkv_projection", ENCODER_CASES,
                          ids=[f"{b}-{k}layers-L{n}-{'proj' if q else 'listing'}"
                               for b, k, n, q in ENCODER_CASES])
-def test_encoder_matches_reference(backend, num_layers, length, qkv_projection):
-    ref, fused = _encoders(backend, num_layers, qkv_projection)
+def test_encoder_matches_reference(backend, num_layers, length, qkv_projection, unpad):
+    """Padded path: every position matches.  Packed path (the default for key-padding masks):
+    real tokens match, padded positions are 0 and are not compared with the reference."""
+    ref, fused = _encoders(backend, num_layers, qkv_projection, unpad=unpad)
     ids = torch.randint(0, VOCAB, (2, length), device=DEVICE)
     mask = _padding_mask(2, length)
+    real = mask[:, 0, 0, :].to(torch.float32) if unpad else None
     out, grads = _run_encoder(fused, ids, mask, torch.float32)
-    hp, hp_grads = _run_encoder(ref, ids, mask, torch.float64)
-    lp, lp_grads = _run_encoder(ref, ids, mask, torch.float32)
+    if unpad:
+        assert torch.count_nonzero(out[~mask[:, 0, 0, :]]) == 0
+    out, grads = _run_encoder(fused, ids, mask, torch.float32, real)
+    hp, hp_grads = _run_encoder(ref, ids, mask, torch.float64, real)
+    lp, lp_grads = _run_encoder(ref, ids, mask, torch.float32, real)
     _check(out, grads, hp, hp_grads, lp, lp_grads)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_packed_real_tokens_never_depend_on_padding(backend):
+    _, fused = _encoders(backend, 1)
+    lengths = torch.tensor([1, 17, 9], device=DEVICE)
+    keep = torch.arange(17, device=DEVICE)[None, :] < lengths[:, None]
+    ids = torch.randint(1, VOCAB, (3, 17), device=DEVICE)
+    other = torch.where(keep, ids, torch.randint(1, VOCAB, (3, 17), device=DEVICE))
+    with torch.no_grad():
+        a, b = fused(ids, keep), fused(other, keep)
+        padded_path = BertEncoder._key_padding(keep[:, None, None, :], ids.shape)
+        assert torch.equal(padded_path, keep)
+    assert torch.equal(a[keep], b[keep])
+
+
+def test_other_mask_shapes_keep_the_padded_path():
+    _, packed = _encoders("torch", 1, unpad=True)
+    _, padded = _encoders("torch", 1, unpad=False)
+    ids = torch.randint(0, VOCAB, (2, 9), device=DEVICE)
+    full = torch.rand(2, 1, 9, 9, device=DEVICE) > 0.3
+    with torch.no_grad():
+        torch.testing.assert_close(packed(ids, full), padded(ids, full))
+    assert BertEncoder._key_padding(full, ids.shape) is None
 
 
 def test_encoder_state_dict_moves_both_ways():
