@@ -329,11 +329,13 @@ def encoder_provider(name: str, s: dict) -> Run:
     if name == "eager":
         mod, backend = ref, "torch (fastattn.reference.BertEncoder)"
         fwd = lambda: mod(tokens, s["mask"])
-    elif name == "fastattn":
+    elif name in ("fastattn", "fastattn-padded"):
         cls = fastattn_module("BertEncoder", "encoder")
-        mod = cls(*s["config"]).to(tokens.device, s["dtype"])
+        packed = name == "fastattn"
+        mod = cls(*s["config"], unpad=packed).to(tokens.device, s["dtype"])
         output = Run.output if _share_weights(mod, ref) else None
-        backend = fastattn_backend(tokens.device)
+        backend = fastattn_backend(tokens.device) + (
+            " (packed tokens)" if packed and s["keep"] is not None else " (padded)")
         fwd = lambda: mod(tokens, s["mask"])
     elif name == "torch-encoder":
         mod = TorchEncoder(ref, heads)

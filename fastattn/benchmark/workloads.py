@@ -31,7 +31,8 @@ ATTENTION_PROVIDERS = ("fastattn", "eager", "sdpa", "sdpa-flash", "sdpa-efficien
 SELF_ATTENTION_PROVIDERS = ("fastattn", "eager", "torch-mha")
 LAYERNORM_PROVIDERS = ("fastattn", "eager", "liger")
 FEEDFORWARD_PROVIDERS = ("fastattn", "eager")
-ENCODER_PROVIDERS = ("fastattn", "eager", "torch-encoder")
+ENCODER_PROVIDERS = ("fastattn", "fastattn-padded", "eager", "torch-encoder")
+PADDING_RATIOS = (0.0, 0.25, 0.5, 0.75)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,6 +275,36 @@ def _encoder_cases(s: Sizes, device: torch.device) -> List[Case]:
     return cases
 
 
+def _padding_sweep_cases(s: Sizes, device: torch.device) -> List[Case]:
+    """Encoder forward at 0 / 25 / 50 / 75 % padding: fastattn's packed path (the default for a
+    key-padding mask) against its padded path, the eager reference and nn.TransformerEncoder
+    with nested tensors."""
+    heads, batch, length, layers = HIDDEN // 64, s.encoder_batch, s.encoder_length, s.encoder_layers
+    config = (s.vocab, HIDDEN, layers, heads, FORWARD_EXPANSION, 0.0, length)
+    cases = []
+    for ratio in PADDING_RATIOS:
+        lengths = [max(1, round(length * (1.0 - ratio)))] * batch
+
+        def build(lengths=lengths):
+            torch.manual_seed(0)
+            ref = reference.BertEncoder(*config).to(device, s.dtype)
+            tokens = torch.randint(0, s.vocab, (batch, length), device=device)
+            keep = _keep_from_lengths(lengths, length, device)
+            return dict(tokens=tokens, keep=keep, mask=keep[:, None, None, :], mode="fwd",
+                        reference=ref, heads=heads, config=config, dtype=s.dtype, dout=None)
+        cases.append(Case(
+            family="encoder", workload="BERT-base encoder forward, padding sweep", mode="fwd",
+            label=f"B={batch} L={length} layers={layers} padding={ratio:.0%}",
+            params=dict(batch=batch, length=length, layers=layers, padding=ratio,
+                        real_tokens=sum(lengths), dtype=str(s.dtype).replace("torch.", "")),
+            sweep="padding", panel="encoder fwd, padding sweep",
+            work=F.encoder_flops(lengths, HIDDEN, heads, FORWARD_EXPANSION, layers, mode="fwd"),
+            unit="flop", providers=ENCODER_PROVIDERS, build=build,
+            provider_fn=P.encoder_provider, torch_peer="torch-encoder",
+            valid_rows=_encoder_rows))
+    return cases
+
+
 def _encoder_rows(state):
     """Real tokens of the forward output; a training step compares the embedding gradient."""
     if state["keep"] is None or state["mode"] != "fwd":
@@ -282,7 +313,8 @@ def _encoder_rows(state):
 
 
 _BUILDERS = {"attention": _attention_cases, "layernorm": _layernorm_cases,
-             "feedforward": _feedforward_cases, "encoder": _encoder_cases}
+             "feedforward": _feedforward_cases,
+             "encoder": lambda s, d: _encoder_cases(s, d) + _padding_sweep_cases(s, d)}
 
 
 def build_cases(device: torch.device, *, quick: bool = False,
