@@ -334,8 +334,7 @@ def encoder_provider(name: str, s: dict) -> Run:
         packed = name == "fastattn"
         mod = cls(*s["config"], unpad=packed).to(tokens.device, s["dtype"])
         output = Run.output if _share_weights(mod, ref) else None
-        backend = fastattn_backend(tokens.device) + (
-            " (packed tokens)" if packed and s["keep"] is not None else " (padded)")
+        backend = fastattn_backend(tokens.device)  # "fastattn": packed tokens, else padded
         fwd = lambda: mod(tokens, s["mask"])
     elif name == "torch-encoder":
         mod = TorchEncoder(ref, heads)

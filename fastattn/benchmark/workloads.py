@@ -256,6 +256,8 @@ def _encoder_cases(s: Sizes, device: torch.device) -> List[Case]:
                 mask = None if keep is None else keep[:, None, None, :]
                 dout = None if mode == "fwd" else _randn((batch, length, HIDDEN), s.dtype,
                                                          device, False)
+                if dout is not None and keep is not None:  # a loss over real tokens only
+                    dout = dout * keep[:, :, None]
                 return dict(tokens=tokens, keep=keep, mask=mask, mode=mode, reference=ref,
                             heads=heads, config=config, dtype=s.dtype, dout=dout)
             title = "forward" if mode == "fwd" else "training step (fwd+bwd, no optimizer)"
