@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Tuple
 
 KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")
 HEAD_DIMS = (16, 32, 64, 128, 256)  # BLOCK_D: head_dim padded to a power of two

@@ -163,15 +163,21 @@ def feedforward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
         x: (..., E).  w1: (H, E), b1: (H,), w2: (E, H), b2: (E,) — nn.Linear's layout.
         activation: "relu", "gelu" (erf) or "gelu_tanh".
         residual: optional (..., E), added in the second GEMM's epilogue.
-        backend: "auto", "triton", "torch" or None (the process default).
+        backend: "auto", "triton", "torch", "cuda" or None (the process default).  "cuda":
+            cuBLAS GEMMs with the bias + activation in the CUDA C++ elementwise kernel.
     Returns:
         (..., E) in x's dtype.
     """
     _check(x, w1, b1, w2, b2, activation, residual)
     chosen = resolve_backend(backend, x.device)
-    if chosen == "torch" or (chosen == "cuda"):
-        # "cuda": the block's GEMMs are cuBLAS's through torch.
+    if chosen == "torch":
         y = F.linear(_torch_activation(F.linear(x, w1, b1), activation), w2, b2)
+        return y if residual is None else y + residual
+    if chosen == "cuda":  # cuBLAS GEMMs, the bias + activation in the CUDA C++ kernel
+        from fastattn.ops.bias_act_cuda import cuda_bias_act
+
+        h = F.linear(x.reshape(-1, x.shape[-1]), w1)
+        y = F.linear(cuda_bias_act(h, b1, activation), w2, b2).view(x.shape)
         return y if residual is None else y + residual
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"the fused GEMMs take float16, bfloat16 or float32, got {x.dtype}")

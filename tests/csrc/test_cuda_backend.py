@@ -495,3 +495,29 @@ def test_layer_norm_module_on_the_cuda_backend(dtype):
     assert_close_to_reference(out, hp, lp)
     for g, ghp, glp in zip(grads, hp_grads, lp_grads):
         assert_close_to_reference(g, ghp, glp, factor=GRAD_FACTOR)
+
+
+@needs_gpu
+@pytest.mark.parametrize("act", ["relu", "gelu", "gelu_tanh"])
+def test_feedforward_module_on_the_cuda_backend(act):
+    """fastattn.FeedForward(backend="cuda"): cuBLAS GEMMs + the CUDA bias/activation kernel."""
+    import fastattn
+
+    ff = fastattn.FeedForward(64, 4, act, backend="cuda").to(DEV, torch.float16)
+    ref = fastattn.FeedForward(64, 4, act, backend="torch").to(DEV, torch.float64)
+    ref.load_state_dict(ff.state_dict())
+    x = torch.randn(3, 33, 64, device=DEV, dtype=torch.float16, requires_grad=True)
+    out = ff(x)
+    dy = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, *ff.parameters()], dy)
+    x64 = x.detach().double().requires_grad_()
+    hp = ref(x64)
+    hp_grads = torch.autograd.grad(hp, [x64, *ref.parameters()], dy.double())
+    lp_mod = fastattn.FeedForward(64, 4, act, backend="torch").to(DEV, torch.float16)
+    lp_mod.load_state_dict(ff.state_dict())
+    x16 = x.detach().requires_grad_()
+    lp = lp_mod(x16)
+    lp_grads = torch.autograd.grad(lp, [x16, *lp_mod.parameters()], dy)
+    assert_close_to_reference(out, hp, lp)
+    for g, ghp, glp in zip(grads, hp_grads, lp_grads):
+        assert_close_to_reference(g, ghp, glp, factor=GRAD_FACTOR)
