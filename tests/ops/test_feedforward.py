@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from fastattn.ops.feedforward import feedforward, feedforward_fwd_op, matmul
+from fastattn.ops.feedforward import (feedforward, feedforward_bwd_op, feedforward_fwd_op,
+                                      matmul)
 from tests.helpers import DEVICE, DTYPES, GRAD_FACTOR, assert_close_to_reference
 
 ACTS = ["relu", "gelu", "gelu_tanh"]
@@ -72,6 +73,15 @@ def test_opcheck():
     torch.library.opcheck(feedforward_fwd_op, (x, *params, None, 2))
     r = torch.randn(5, 16, device=DEVICE, requires_grad=True)
     torch.library.opcheck(feedforward_fwd_op, (x, *params, r, 1))
+
+
+def test_opcheck_backward_with_transposed_operands():
+    # a dense but transposed x: the fake kernel must promise the real (contiguous) strides
+    x = torch.randn(16, 5, device=DEVICE).t()
+    w1, _, w2, _ = _params(16, 32, torch.float32)
+    h = torch.randn(5, 32, device=DEVICE)
+    torch.library.opcheck(feedforward_bwd_op,
+                          (torch.randn(5, 16, device=DEVICE), x, w1, w2, h, h.relu(), 1))
 
 
 def test_bad_inputs_name_the_argument():
