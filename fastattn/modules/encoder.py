@@ -26,6 +26,19 @@ from fastattn.modules.self_attention import SelfAttention
 from fastattn.ops.varlen import pad_input, unpad_input
 
 
+def _packed_path_traceable() -> bool:
+    """Whether the padding-free path may run here: always in eager mode.
+
+    Under ``torch.compile`` / ``torch.export`` its token count is data-dependent (``nonzero``
+    of the mask), which dynamo captures only with
+    ``torch._dynamo.config.capture_dynamic_output_shape_ops = True``; without that flag the
+    traced encoder runs the padded path instead, so that the graph never breaks.
+    """
+    if not torch.compiler.is_compiling():
+        return True
+    return bool(torch._dynamo.config.capture_dynamic_output_shape_ops)
+
+
 class BertEncoderLayer(nn.Module):
     """Post-LN encoder layer: ``norm1(attention + query)``, then ``norm2(feedforward(x) + x)``.
 
@@ -72,6 +85,16 @@ class BertEncoder(nn.Module):
             layout at the output.  Real tokens get the padded computation's result; padded
             positions are not computed and are 0 in the output.  Masks of other shapes keep
             the padded path.  False always runs the padded path.
+
+    Under ``torch.compile`` and ``torch.export``: the packed path's token count depends on the
+    mask's values, so it is traced only when dynamo captures data-dependent shapes
+    (``torch._dynamo.config.capture_dynamic_output_shape_ops = True``; the token count is
+    then an unbacked size and ``max_seqlen`` the padded length L, an upper bound that needs no
+    host read).  Otherwise the traced encoder computes the padded layout (key-padding mask in
+    every attention, LayerNorm and feed-forward over all N·L positions) and zeroes the padded
+    positions: the same output as the packed path, real tokens equal up to rounding, padded
+    positions 0 and no gradient through them, without the packed path's saving of work.
+
     Shapes:
         forward(x (N, L) token ids with L <= max_length,
         mask None / (N, L) / broadcastable to (N, H, L, L), usually (N, 1, 1, L)) -> (N, L, E).
@@ -108,13 +131,15 @@ class BertEncoder(nn.Module):
         positions = torch.arange(x.shape[1], device=x.device)
         out = self.dropout(self.embeddings(x) + self.pos_embeddings(positions))
         keep = self._key_padding(mask, x.shape)
-        if self.unpad and keep is not None:
+        if self.unpad and keep is not None and _packed_path_traceable():
             packed, indices, cu_seqlens, max_seqlen = unpad_input(out, keep)
             for layer in self.layers:
                 packed = layer.forward_packed(packed, cu_seqlens, max_seqlen)
             return pad_input(packed, indices, x.shape[0], x.shape[1])
         for layer in self.layers:
             out = layer(out, out, out, mask)
+        if self.unpad and keep is not None:  # traced padded path: 0 at padding, as packed
+            out = torch.where(keep[..., None], out, 0.0)
         return out
 
     @staticmethod

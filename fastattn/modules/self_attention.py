@@ -91,7 +91,8 @@ class SelfAttention(nn.Module):
         """Self-attention over packed tokens, no padding computed.
 
         x: (T, E) — the real tokens of B sequences, back to back; cu_seqlens: (B + 1,) int32
-        offsets of the sequences in x; max_seqlen: the longest length (a Python int).
+        offsets of the sequences in x; max_seqlen: the longest length or more (a Python
+        int; the padded length under torch.compile).
         Returns (T, E); equal to ``forward(x, x, x, key_padding_mask)`` on the real tokens.
         """
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.embed_size:

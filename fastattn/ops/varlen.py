@@ -201,7 +201,7 @@ def _check_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have one length B + 1, got "
                          f"{cu_q.shape[0]} and {cu_k.shape[0]}")
     for name, m in (("max_seqlen_q", max_q), ("max_seqlen_k", max_k)):
-        if isinstance(m, bool) or not isinstance(m, int):
+        if isinstance(m, bool) or not isinstance(m, (int, torch.SymInt)):  # SymInt: traced
             raise TypeError(f"{name} must be a Python int, got {type(m).__name__}")
         if m < 0:
             raise ValueError(f"{name} must be >= 0, got {m}")
@@ -223,6 +223,40 @@ def _torch_varlen(q, k, v, cu_q, cu_k, causal, scale):
                          scale)
         outs.append(ob[0].transpose(0, 1))
     return torch.cat(outs, 0) if outs else q.new_zeros(q.shape)
+
+
+def _torch_varlen_traced(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, scale):
+    """Plain PyTorch without host reads, for torch.compile / torch.export: each sequence is
+    gathered into a (B, max_seqlen, H, D) padded batch, attended with a key-padding mask and
+    gathered back; rows in no sequence (or past max_seqlen) give 0."""
+    batch = cu_q.shape[0] - 1
+
+    def to_padded(t, cu, length):
+        """(B, H, length, D) of sequence rows (zeros past each end); (B, length) validity."""
+        pos = torch.arange(length, device=t.device)
+        start, seqlen = cu[:-1, None].long(), (cu[1:] - cu[:-1])[:, None].long()
+        valid = pos[None, :] < seqlen
+        rows = torch.where(valid, start + pos[None, :], t.shape[0])  # row total: a zero row
+        ext = torch.cat([t, t.new_zeros((1, *t.shape[1:]))])
+        return ext[rows].transpose(1, 2), valid
+
+    qp, _ = to_padded(q, cu_q, max_q)
+    kp, key_valid = to_padded(k, cu_k, max_k)
+    vp, _ = to_padded(v, cu_k, max_k)
+    # A sequence without keys attends its zero rows (finite, so no NaN gradient), then gives 0.
+    has_keys = key_valid.any(1)[:, None, None, None]
+    keep = (key_valid | ~key_valid.any(1, keepdim=True))[:, None, None, :]
+    out = _torch_path(qp, kp, vp, keep, 3, causal, scale)  # 3: keep where True, -inf elsewhere
+    out = torch.where(has_keys, out, 0.0)
+    # token i of the packed queries: sequence seq[i], position i - cu_q[seq[i]]
+    tokens = torch.arange(q.shape[0], device=q.device, dtype=cu_q.dtype)
+    seq = torch.searchsorted(cu_q[1:], tokens, right=True).clamp(max=max(batch - 1, 0))
+    pos = (tokens - cu_q[seq]).long()
+    flat = out.transpose(1, 2).reshape(batch * max_q, *q.shape[1:])
+    ext = torch.cat([flat, flat.new_zeros((1, *q.shape[1:]))])
+    inside = (pos < max_q) & (tokens < cu_q[-1])
+    rows = torch.where(inside, seq.long() * max_q + pos, batch * max_q)
+    return ext[rows]
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -254,7 +288,10 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
         scale: multiplies Q K^T; default 1/sqrt(D).
         backend: "auto", "triton", "torch" or None (the process default).  "torch" loops over
-            the sequences in plain PyTorch and reads cu_seqlens on the host.
+            the sequences in plain PyTorch and reads cu_seqlens on the host; under
+            torch.compile / torch.export it gathers the sequences into a padded
+            (B, max_seqlen, H, D) batch instead (no host read; needs max_seqlen >= every
+            length, rows past it give 0).
     Returns:
         (total_q, H, D), dtype of q, contiguous.  Differentiable in q, k, v.  A sequence with
         queries but no keys gives zeros (and zero gradients); sequences of length 0 are fine.
@@ -265,6 +302,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     chosen = resolve_backend(backend, q.device)
     if chosen == "torch":
+        if torch.compiler.is_compiling():
+            return _torch_varlen_traced(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                        max_seqlen_k, bool(causal), scale)
         return _torch_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, bool(causal), scale)
     if chosen != "triton":
         raise ValueError(f"varlen_attention supports the 'triton' and 'torch' backends, "
@@ -289,7 +329,10 @@ def unpad_input(x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None
         packed (total, ...), indices (total,) int64 into the flattened (N·L) positions,
         cu_seqlens (N + 1,) int32, max_seqlen (Python int).
     Reading max_seqlen synchronises with the device once: do it once per batch and pass the
-    results to every layer.  Differentiable in x.
+    results to every layer.  Under torch.compile / torch.export max_seqlen is L, an upper
+    bound read from the shape (the kernels' extra programs exit at once), and ``total`` is a
+    data-dependent size (``torch._dynamo.config.capture_dynamic_output_shape_ops = True``
+    lets dynamo capture the ``nonzero``).  Differentiable in x.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -320,7 +363,10 @@ def unpad_input(x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None
     seqlens = keep.sum(1, dtype=torch.int32)
     indices = torch.nonzero(keep.flatten()).flatten()
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, 0, dtype=torch.int32), (1, 0))
-    max_seqlen = int(seqlens.max()) if n > 0 else 0
+    if torch.compiler.is_compiling():
+        max_seqlen = l  # an upper bound: reading the longest length would need a host read
+    else:
+        max_seqlen = int(seqlens.max()) if n > 0 else 0
     packed = x.reshape(n * l, *x.shape[2:]).index_select(0, indices)
     return packed, indices, cu_seqlens, max_seqlen
 
