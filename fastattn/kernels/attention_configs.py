@@ -71,7 +71,8 @@ def _candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask_layo
             if dtype == "float32" and block_d >= 128:  # resident fp32 K, V, dK, dV tiles
                 cands = [dataclasses.replace(c, block_n=16, num_warps=8) for c in cands]
         elif dtype == "float32":
-            cands = [dataclasses.replace(c, block_m=max(16, c.block_m // 2)) for c in cands]
+            cands = [dataclasses.replace(c, block_m=max(16, c.block_m // 2),
+                                         block_n=min(32, c.block_n)) for c in cands]
         else:
             cands = [dataclasses.replace(c, block_n=max(16, c.block_n // 2)) for c in cands]
     return cands
