@@ -14,7 +14,6 @@ at import) and can be changed with :func:`set_default_backend` or, for a block o
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from typing import Iterator, Optional
 
@@ -61,23 +60,28 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
-@functools.lru_cache(maxsize=None)
+_probes: dict = {}  # memo of the probes below (a plain dict: torch.compile traces it cleanly)
+
+
 def triton_version() -> Optional[str]:
-    try:
-        import triton
-    except Exception:  # not installed (or a broken install)
-        return None
-    return triton.__version__
+    if "triton" not in _probes:
+        try:
+            import triton
+            _probes["triton"] = triton.__version__
+        except Exception:  # not installed (or a broken install)
+            _probes["triton"] = None
+    return _probes["triton"]
 
 
-@functools.lru_cache(maxsize=None)
 def cuda_extension_error() -> Optional[str]:
     """None when the CUDA C++ extension imports, else why it does not."""
-    try:
-        from fastattn import _C  # noqa: F401
-    except ImportError as exc:
-        return f"the CUDA extension fastattn._C was not built ({exc})"
-    return None
+    if "cuda_extension" not in _probes:
+        try:
+            from fastattn import _C  # noqa: F401
+            _probes["cuda_extension"] = None
+        except ImportError as exc:
+            _probes["cuda_extension"] = f"the CUDA extension fastattn._C was not built ({exc})"
+    return _probes["cuda_extension"]
 
 
 def triton_unavailable_reason(device: torch.device) -> Optional[str]:

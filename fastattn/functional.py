@@ -6,6 +6,10 @@ Two mask conventions, one kernel:
   by -1e10 (for any mask dtype: bool, integer 0/1, float).  A fully masked row averages V.
 * :func:`scaled_dot_product_attention` follows ``torch.nn.functional.scaled_dot_product_attention``:
   a bool mask keeps the positions where it is True, a float mask is added to the scores.
+
+Both take ``dropout_p``, attention dropout inside the fused kernels (see
+:mod:`fastattn.kernels.attention`): a fresh Philox seed is drawn from torch's generator on every
+call, so ``torch.manual_seed`` makes a run repeatable; the backward regenerates the same mask.
 """
 from __future__ import annotations
 
@@ -13,10 +17,9 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from fastattn.backends import resolve_backend
-from fastattn.ops.attention import triton_attention
+from fastattn.ops.attention import draw_dropout_seed, triton_attention
 from fastattn.reference import attention_reference
 
 MASK_NONE, MASK_KEEP, MASK_ADD, MASK_EXCLUDE = 0, 1, 2, 3  # see fastattn.ops.attention
@@ -86,6 +89,14 @@ def _check_scale(scale):
     return float(scale)
 
 
+def _check_dropout(dropout_p):
+    if isinstance(dropout_p, torch.Tensor) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p must be a Python float, got {type(dropout_p).__name__}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    return float(dropout_p)
+
+
 def _check_kernel_inputs(q):
     if q.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"the fused kernels take float16, bfloat16 or float32, got {q.dtype}")
@@ -95,8 +106,9 @@ def _check_kernel_inputs(q):
                          f"{MAX_HEAD_DIM}, got {d}")
 
 
-def _torch_path(q, k, v, mask, mask_kind, causal, scale):
-    """Plain PyTorch, scores materialized; low-precision inputs are computed in fp32."""
+def _torch_path(q, k, v, mask, mask_kind, causal, scale, dropout_p=0.0):
+    """Plain PyTorch, scores materialized; low-precision inputs are computed in fp32.
+    Dropout draws its keep mask with ``torch.rand`` (not the kernels' Philox stream)."""
     low = q.dtype in (torch.float16, torch.bfloat16)
     up = (lambda t: t.float()) if low else (lambda t: t)
     keep = mask if mask_kind == MASK_KEEP else None
@@ -105,27 +117,34 @@ def _torch_path(q, k, v, mask, mask_kind, causal, scale):
         add = up(mask)
     elif mask_kind == MASK_EXCLUDE:
         add = torch.zeros((), dtype=up(q).dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    drop = None
+    if dropout_p > 0:
+        shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        drop = torch.rand(shape, device=q.device) >= dropout_p
     out = attention_reference(up(q), up(k), up(v), keep, causal=causal, scale=scale,
-                              additive_mask=add)
+                              additive_mask=add, dropout_mask=drop, dropout_p=dropout_p)
     if add is not None:  # rows whose every score is -inf: 0, as torch's SDPA and the kernel
         out = out.nan_to_num(nan=0.0)
     return out.to(q.dtype)
 
 
-def _dispatch(q, k, v, mask, mask_kind, causal, scale, backend):
+def _dispatch(q, k, v, mask, mask_kind, causal, scale, backend, dropout_p=0.0):
     chosen = resolve_backend(backend, q.device)
     if chosen == "torch":
-        return _torch_path(q, k, v, mask, mask_kind, causal, scale)
+        return _torch_path(q, k, v, mask, mask_kind, causal, scale, dropout_p)
     _check_kernel_inputs(q)
-    if chosen == "cuda":
+    if chosen == "cuda" and dropout_p == 0:
         from fastattn.ops.attention_cuda import cuda_attention
         return cuda_attention(q, k, v, mask, mask_kind, causal, scale)
-    return triton_attention(q, k, v, mask, mask_kind, causal, scale)
+    # the CUDA C++ forward has no dropout: with dropout_p > 0 the Triton kernels run
+    return triton_attention(q, k, v, mask, mask_kind, causal, scale, dropout_p,
+                            draw_dropout_seed(q.device) if dropout_p > 0 else None)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               mask: Optional[torch.Tensor] = None, *, causal: bool = False,
-              scale: Optional[float] = None, backend: Optional[str] = None) -> torch.Tensor:
+              scale: Optional[float] = None, dropout_p: float = 0.0,
+              backend: Optional[str] = None) -> torch.Tensor:
     """Fused multi-head attention with the guide's mask rule.
 
     Args:
@@ -142,15 +161,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 query 2  x x x .
 
         scale: multiplies Q K^T; default 1/sqrt(D).
+        dropout_p: attention dropout in [0, 1): each softmax weight is zeroed with this
+            probability and the kept ones scaled by 1 / (1 - dropout_p).  Applied whenever
+            > 0 (pass 0.0 in evaluation, as with torch's function).
         backend: "auto", "triton", "torch", "cuda" or None (the process default).
+            backend="cuda" runs the Triton kernels when dropout_p > 0.
     Returns:
         (N, H, L_q, D), dtype of q.  Differentiable in q, k, v (not in mask).
     """
     _check_qkv(q, k, v)
     mask = _check_mask(mask, q, k, key_padding_2d=True)
     scale = _check_scale(scale)
+    dropout_p = _check_dropout(dropout_p)
     kind = MASK_NONE if mask is None else MASK_KEEP
-    return _dispatch(q, k, v, mask, kind, bool(causal), scale, backend)
+    return _dispatch(q, k, v, mask, kind, bool(causal), scale, backend, dropout_p)
 
 
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -164,18 +188,15 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         query: (N, H, L, E) or (N, L, E).  key: (N, H, S, E) or (N, S, E).  value: like key.
         attn_mask: broadcastable to (N, H, L, S) — a 2-D mask is (L, S) as in torch.
             bool: True takes part in attention.  float: added to the scaled scores.
-        dropout_p: only 0.0 runs the fused kernels; > 0 runs torch's implementation.
+        dropout_p: attention dropout in [0, 1), fused into the kernels (as torch's, applied
+            whenever > 0: pass 0.0 in evaluation).
         is_causal: top-left aligned causal mask, as torch's.
         scale: default 1/sqrt(E).
     Returns:
         (N, H, L, E) (or (N, L, E) for 3-D inputs).  Equal to torch's result wherever torch's is
         finite (rows whose every score is -inf give NaN in torch and 0 here).
     """
-    if dropout_p:
-        if backend not in (None, "auto", "torch"):
-            raise ValueError(f"dropout_p > 0 is not supported by backend={backend!r}")
-        return F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p,
-                                              is_causal, scale=scale)
+    dropout_p = _check_dropout(dropout_p)
     squeeze = isinstance(query, torch.Tensor) and query.dim() == 3
     if squeeze:
         query, key, value = (t.unsqueeze(1) if isinstance(t, torch.Tensor) else t
@@ -195,5 +216,6 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
         raise TypeError(f"attn_mask must be bool or floating point, got {attn_mask.dtype}")
     if attn_mask is not None and attn_mask.dim() < 4:
         attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
-    out = _dispatch(query, key, value, attn_mask, kind, bool(is_causal), scale, backend)
+    out = _dispatch(query, key, value, attn_mask, kind, bool(is_causal), scale, backend,
+                    dropout_p)
     return out.squeeze(1) if squeeze else out

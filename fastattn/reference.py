@@ -35,6 +35,8 @@ def attention_reference(
     causal: bool = False,
     scale: Optional[float] = None,
     additive_mask: Optional[torch.Tensor] = None,
+    dropout_mask: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Attention written out in plain PyTorch, scores materialized.
 
@@ -47,6 +49,9 @@ def attention_reference(
         scale: score scale, default 1/sqrt(D).
         additive_mask: broadcastable to (N, H, L_q, L_k), added to the scaled scores
             (torch's float ``attn_mask`` rule).
+        dropout_mask: attention dropout given explicitly, broadcastable to (N, H, L_q, L_k):
+            the softmax weights are multiplied by ``dropout_mask / (1 - dropout_p)``
+            (0 = dropped).  None applies no dropout.
     Returns:
         (N, H, L_q, D) in the dtype of ``q``; the softmax is taken in that dtype too.
     """
@@ -64,7 +69,10 @@ def attention_reference(
         lq, lk = energy.shape[-2:]
         future = torch.ones(lq, lk, dtype=torch.bool, device=energy.device).triu(1)
         energy = energy.masked_fill(future, float("-inf"))
-    return torch.matmul(torch.softmax(energy, dim=-1), v)
+    weights = torch.softmax(energy, dim=-1)
+    if dropout_mask is not None:
+        weights = weights * dropout_mask.to(weights.dtype) / (1.0 - dropout_p)
+    return torch.matmul(weights, v)
 
 
 class SelfAttention(nn.Module):

@@ -65,12 +65,12 @@ def test_sdpa_three_dim_inputs_and_torch_backend():
     torch.testing.assert_close(out_torch, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_sdpa_dropout_runs_torch_and_keeps_shape():
+def test_sdpa_dropout_runs_on_every_backend_and_keeps_shape():
     q, k, v = _qkv()
-    out = fastattn.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
-    assert out.shape == q.shape
-    with pytest.raises(ValueError, match="dropout_p"):
-        fastattn.scaled_dot_product_attention(q, k, v, dropout_p=0.5, backend="triton")
+    for backend in ("triton", "torch"):
+        out = fastattn.scaled_dot_product_attention(q, k, v, dropout_p=0.5, backend=backend)
+        assert out.shape == q.shape and torch.isfinite(out).all()
+        assert not torch.allclose(out, fastattn.scaled_dot_product_attention(q, k, v))
 
 
 BAD_INPUTS = [

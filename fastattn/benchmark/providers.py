@@ -86,11 +86,11 @@ SDPA_BACKENDS = {
 CPU_SDPA_BACKENDS = ("FLASH_ATTENTION", "MATH")
 
 
-def _sdpa_choice(q, k, v, mask, causal) -> str:
+def _sdpa_choice(q, k, v, mask, causal, dropout_p: float = 0.0) -> str:
     """Which backend torch's default dispatch picks (a private query: 'auto' if it fails)."""
     try:
         from torch.nn.attention import SDPBackend
-        return "auto: " + SDPBackend(torch._fused_sdp_choice(q, k, v, mask, 0.0, causal)).name
+        return "auto: " + SDPBackend(torch._fused_sdp_choice(q, k, v, mask, dropout_p, causal)).name
     except Exception:
         return "auto"
 
@@ -110,20 +110,27 @@ def _probe(fn: Callable[[], Any], what: str) -> None:
 
 def attention_provider(name: str, s: dict) -> Run:
     """``s``: q, k, v (B, H, L, D); mask (B, L) key padding / (B, 1, L, L) bool or None;
-    sdpa_mask (bool, True = attend) or None; causal; mode; dout; lengths; device."""
+    sdpa_mask (bool, True = attend) or None; causal; mode; dout; lengths; device; dropout
+    (attention dropout rate, 0.0 for none)."""
     q, k, v, causal, mode, dout = s["q"], s["k"], s["v"], s["causal"], s["mode"], s["dout"]
+    p = s.get("dropout", 0.0)
     device = q.device
     if name == "fastattn":
-        fwd = lambda: fastattn.attention(q, k, v, s["mask"], causal=causal, backend="auto")
+        fwd = lambda: fastattn.attention(q, k, v, s["mask"], causal=causal, dropout_p=p,
+                                         backend="auto")
         return Run(timed_fn(fwd, mode, (q, k, v), dout), fastattn_backend(device))
     if name == "eager":
-        fwd = lambda: attention_reference(q, k, v, s["mask"], causal=causal)
+        def fwd():  # the dropout mask is drawn and stored, as eager code does
+            keep = None if not p else torch.rand(*q.shape[:3], k.shape[2], device=device) >= p
+            return attention_reference(q, k, v, s["mask"], causal=causal, dropout_mask=keep,
+                                       dropout_p=p)
         return Run(timed_fn(fwd, mode, (q, k, v), dout), "torch (scores materialized)")
     if name == "sdpa" or name in SDPA_BACKENDS:
-        fwd = lambda: F.scaled_dot_product_attention(q, k, v, s["sdpa_mask"], is_causal=causal)
+        fwd = lambda: F.scaled_dot_product_attention(q, k, v, s["sdpa_mask"], dropout_p=p,
+                                                     is_causal=causal)
         if name == "sdpa":
             return Run(timed_fn(fwd, mode, (q, k, v), dout),
-                       _sdpa_choice(q, k, v, s["sdpa_mask"], causal))
+                       _sdpa_choice(q, k, v, s["sdpa_mask"], causal, p))
         return _sdpa_backend_run(SDPA_BACKENDS[name], fwd, mode, (q, k, v), dout, device)
     if name == "flash-attn":
         return _flash_attn_run(s)

@@ -1,7 +1,7 @@
 """The benchmark's cases: which sizes, masks and providers, and the work each case does.
 
-Families (``--only``): attention (functional attention + the self-attention module),
-layernorm, feedforward, encoder.  Every case carries its FLOP or byte count (formulas in
+Families (``--only``): attention (functional attention incl. training with attention
+dropout + the self-attention module), layernorm, feedforward, encoder.  Every case carries its FLOP or byte count (formulas in
 :mod:`fastattn.benchmark.flops`) and builds its inputs only when it runs.
 
 Sizes: BERT-base on CUDA (12 heads x 64, hidden 768, B*L ~ 16k tokens, bf16).  On CPU the
@@ -28,6 +28,8 @@ VOCAB, FORWARD_EXPANSION = 30522, 4
 
 ATTENTION_PROVIDERS = ("fastattn", "eager", "sdpa", "sdpa-flash", "sdpa-efficient",
                        "sdpa-cudnn", "sdpa-math", "flash-attn", "xformers")
+DROPOUT_PROVIDERS = ("fastattn", "eager", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-math")
+ATTENTION_DROPOUT = 0.1  # BERT's attention_probs_dropout_prob
 SELF_ATTENTION_PROVIDERS = ("fastattn", "eager", "torch-mha")
 LAYERNORM_PROVIDERS = ("fastattn", "eager", "liger")
 FEEDFORWARD_PROVIDERS = ("fastattn", "eager")
@@ -89,6 +91,7 @@ class Case:
     provider_fn: Callable[[str, Dict[str, object]], P.Run]
     eager: str = "eager"
     torch_peer: Optional[str] = None   # torch's own fast implementation, for "vs torch"
+    compare: bool = True    # False: outputs are random (dropout), no error against eager
     valid_rows: Optional[Callable[[Dict[str, object]], Optional[torch.Tensor]]] = None
     priority: int = 0       # lower runs first (a time budget drops the rest)
 
@@ -113,6 +116,9 @@ def _attention_cases(s: Sizes, device: torch.device) -> List[Case]:
                 for length in s.attention_lengths:
                     cases.append(_attention_case(s, device, mode, head_dim, heads, mask_kind,
                                                  length))
+    for length in s.attention_lengths:  # training: attention dropout in forward and backward
+        cases.append(_attention_case(s, device, "fwd+bwd", 64, HIDDEN // 64, "key-padding",
+                                     length, dropout=ATTENTION_DROPOUT))
     for mode in MODES:
         for mask_kind in ("none", "key-padding"):
             for length in s.attention_lengths:
@@ -120,7 +126,8 @@ def _attention_cases(s: Sizes, device: torch.device) -> List[Case]:
     return cases
 
 
-def _attention_case(s, device, mode, head_dim, heads, mask_kind, length) -> Case:
+def _attention_case(s, device, mode, head_dim, heads, mask_kind, length,
+                    dropout: float = 0.0) -> Case:
     batch = max(1, s.attention_tokens // length)
     lengths = padded_lengths(batch, length) if mask_kind == "key-padding" else None
     grad = mode != "fwd"
@@ -137,23 +144,25 @@ def _attention_case(s, device, mode, head_dim, heads, mask_kind, length) -> Case
             mask |= torch.eye(length, dtype=torch.bool, device=device)   # no empty row
             sdpa_mask = mask
         return dict(q=q, k=k, v=v, mask=mask, sdpa_mask=sdpa_mask, mask_kind=mask_kind,
-                    causal=mask_kind == "causal", mode=mode,
+                    causal=mask_kind == "causal", mode=mode, dropout=dropout,
                     dout=_randn(q.shape, s.dtype, device, False) if grad else None)
 
     def valid_rows(state):  # padded queries hold no real token: left out of the error check
         return state["mask"] if mask_kind == "key-padding" else None
 
+    drop = f", dropout {dropout}" if dropout else ""
     return Case(
-        family="attention", workload=f"attention {mode} (H={heads}, D={head_dim})", mode=mode,
-        label=f"B={batch} L={length} mask={mask_kind}",
+        family="attention", workload=f"attention {mode}{drop} (H={heads}, D={head_dim})",
+        mode=mode, label=f"B={batch} L={length} mask={mask_kind}",
         params=dict(batch=batch, heads=heads, length=length, head_dim=head_dim, mask=mask_kind,
-                    dtype=str(s.dtype).replace("torch.", ""), real_lengths=lengths),
-        sweep="length", panel=f"{mode}, D={head_dim}, mask={mask_kind}",
+                    dtype=str(s.dtype).replace("torch.", ""), real_lengths=lengths,
+                    dropout=dropout),
+        sweep="length", panel=f"{mode}{drop}, D={head_dim}, mask={mask_kind}",
         work=F.attention_flops(batch, heads, length, length, head_dim,
                                causal=mask_kind == "causal", mode=mode, lengths=lengths),
-        unit="flop", providers=ATTENTION_PROVIDERS, build=build,
-        provider_fn=P.attention_provider, torch_peer="sdpa",
-        valid_rows=lambda st: _rows_bhld(valid_rows(st)),
+        unit="flop", providers=DROPOUT_PROVIDERS if dropout else ATTENTION_PROVIDERS,
+        build=build, provider_fn=P.attention_provider, torch_peer="sdpa",
+        valid_rows=lambda st: _rows_bhld(valid_rows(st)), compare=not dropout,
         priority=0 if head_dim == 64 and mask_kind in ("none", "key-padding") else 1)
 
 

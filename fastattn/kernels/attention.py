@@ -7,7 +7,8 @@ Computes, for every batch z and head h,
                                                                     -inf: torch's bool mask)
     S += mask                             MASK_KIND == MASK_ADD    (torch's float attn_mask)
     S[j > i] = -inf                       causal != 0 (top-left aligned), and every j >= L_k
-    O = softmax(S) V,   LSE = logsumexp(S)  (natural log, fp32)
+    P = softmax(S),     LSE = logsumexp(S)  (natural log, fp32)
+    O = (P * Z / (1 - p)) V                Z = 1 everywhere unless DROPOUT (attention dropout)
 
 Pointers (all 4-D tensors are addressed through their strides; the last dim of q/k/v/o must
 have stride 1):
@@ -26,6 +27,14 @@ Backward recomputes P from the saved LSE (no O(L²) storage) and runs two kernel
 with atomics: one walks the query blocks for a fixed key block (dK, dV), one walks the key
 blocks for a fixed query block (dQ).  That repeats the Q K^T product once more but makes the
 backward deterministic, bit for bit, with no atomics and no dQ accumulation buffer.
+
+Dropout (DROPOUT constexpr, rate ``dropout_p`` at run time): the keep mask Z is never stored.
+Element (z·H + h, i, j) keeps its probability when output j % 4 of Philox-4x32-10 at the counter
+(j // 4, i, z·H + h, 0) under the key SEED (one int64 read from memory, drawn by the launcher
+from torch's generator for every call) maps to a uniform number >= dropout_p.  The backward kernels
+regenerate exactly the same Z from the same counters; :func:`attention_dropout_mask_kernel`
+writes Z out for tests.  Cost: ten Philox rounds per score element, recomputed in each of the
+three kernels (2.5 per element: one call serves four keys); nothing extra in memory.  The row sum LSE is taken before dropout, as in torch.
 
 Masked scores under MASK_KEEP are the constant -1e10, so a fully masked row attends uniformly
 to its keys.  In fp32, lse = -1e10 + log(count) rounds to -1e10 and loses log(count); the
@@ -51,6 +60,42 @@ def _program_tile(L, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     n_tiles = tl.cdiv(L, BLOCK)
     return (pid % n_tiles).to(tl.int32) * BLOCK, pid // n_tiles
+
+
+@triton.jit
+def _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) bool: True where dropout keeps element (bh, offs_m, start_n + c).
+
+    One Philox call gives four 32-bit numbers, used for four neighbouring keys: the counter
+    of keys 4g .. 4g+3 of row i is (g, i, bh, 0) and output t belongs to key 4g + t."""
+    QUARTER: tl.constexpr = BLOCK_N // 4
+    groups = start_n // 4 + tl.arange(0, QUARTER)
+    cols = groups[None, :] + tl.zeros_like(offs_m)[:, None]
+    rows = offs_m[:, None] + tl.zeros_like(groups)[None, :]
+    zero = tl.zeros_like(cols)
+    r0, r1, r2, r3 = tl.philox(seed, cols, rows, zero + bh.to(tl.int32), zero)
+    k0 = (tl.uint_to_uniform_float(r0) >= dropout_p).to(tl.int8)
+    k1 = (tl.uint_to_uniform_float(r1) >= dropout_p).to(tl.int8)
+    k2 = (tl.uint_to_uniform_float(r2) >= dropout_p).to(tl.int8)
+    k3 = (tl.uint_to_uniform_float(r3) >= dropout_p).to(tl.int8)
+    keep = tl.join(tl.join(k0, k1), tl.join(k2, k3))  # [i, g, a, b] = k_(2a + b)[i, g]
+    return tl.reshape(keep, (offs_m.shape[0], BLOCK_N)) != 0
+
+
+@triton.jit
+def attention_dropout_mask_kernel(SEED, Z, L_q, L_k, dropout_p,
+                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Z (N·H, L_q, L_k) uint8 contiguous: the dropout keep mask the attention kernels use for
+    the same SEED and dropout_p (1 = kept).  Grid: cdiv(L_q, BLOCK_M) · N·H programs."""
+    start_m, bh = _program_tile(L_q, BLOCK_M)
+    seed = tl.load(SEED)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    for start_n in range(0, L_k, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        keep = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
+        ok = (offs_m[:, None] < L_q) & (offs_n[None, :] < L_k)
+        tl.store(Z + bh * L_q * L_k + offs_m[:, None] * L_k + offs_n[None, :],
+                 keep.to(tl.uint8), mask=ok)
 
 
 @triton.jit
@@ -88,7 +133,7 @@ def _apply_masks(s, mask, offs_m, offs_n, L_k, causal, masked_score, MASK_KIND: 
 
 @triton.jit
 def attention_fwd_kernel(
-    Q, K, V, MASK, O, LSE,
+    Q, K, V, MASK, O, LSE, SEED,
     stride_qz, stride_qh, stride_qm,
     stride_kz, stride_kh, stride_kn,
     stride_vz, stride_vh, stride_vn,
@@ -97,7 +142,9 @@ def attention_fwd_kernel(
     H, L_q, L_k, D, causal,
     qk_scale,  # scale * log2(e)
     masked_score,  # what a score with mask == 0 becomes: -1e10 (guide) or -inf (torch bool)
+    dropout_p,  # probability of zeroing an attention weight (used when DROPOUT)
     MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     start_m, bh = _program_tile(L_q, BLOCK_M)
@@ -121,6 +168,9 @@ def attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(SEED)
 
     hi = L_k
     if causal:
@@ -139,6 +189,8 @@ def attention_fwd_kernel(
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            p = tl.where(_dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N), p, 0.0)
         v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
@@ -147,7 +199,10 @@ def attention_fwd_kernel(
 
     has_any = l_i > 0.0  # False only when every score was -inf (additive -inf masks)
     l_safe = tl.where(has_any, l_i, 1.0)
-    out = acc / l_safe[:, None]
+    if DROPOUT:
+        out = acc / (l_safe * (1.0 - dropout_p))[:, None]
+    else:
+        out = acc / l_safe[:, None]
     lse = tl.where(has_any, (m_i + tl.math.log2(l_safe)) * LN2, float("inf"))
     o_ptr = tl.make_block_ptr(O + z * stride_oz + h * stride_oh, shape=(L_q, D),
                               strides=(stride_om, 1), offsets=(start_m, 0),
@@ -193,7 +248,7 @@ def _probabilities(s, lse2, offs_m, L_k, causal, MASK_KIND: tl.constexpr):
 
 @triton.jit
 def attention_bwd_dkdv_kernel(
-    Q, K, V, MASK, DO, LSE, DELTA, DK, DV,
+    Q, K, V, MASK, DO, LSE, DELTA, DK, DV, SEED,
     stride_qz, stride_qh, stride_qm,
     stride_kz, stride_kh, stride_kn,
     stride_vz, stride_vh, stride_vn,
@@ -202,8 +257,9 @@ def attention_bwd_dkdv_kernel(
     stride_dkz, stride_dkh, stride_dkn,
     stride_dvz, stride_dvh, stride_dvn,
     H, L_q, L_k, D, causal,
-    qk_scale, sm_scale, masked_score,
+    qk_scale, sm_scale, masked_score, dropout_p,
     MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program per (key block, batch·head): walks the query blocks, accumulates dK, dV."""
@@ -222,6 +278,11 @@ def attention_bwd_dkdv_kernel(
     v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    seed = 0
+    drop_scale = 1.0
+    if DROPOUT:
+        seed = tl.load(SEED)
+        drop_scale = 1.0 / (1.0 - dropout_p)
 
     lo = 0
     if causal:
@@ -246,8 +307,14 @@ def attention_bwd_dkdv_kernel(
                               MASK_KIND, MASK_ROW, BLOCK_M, BLOCK_N)
         s, keep = _apply_masks(s, mask, offs_m, offs_n, L_k, causal, masked_score, MASK_KIND)
         p = _probabilities(s, lse2, offs_m, L_k, causal, MASK_KIND)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        if DROPOUT:  # dV = (P Z / (1 - p))^T dO;  dP = dO V^T Z / (1 - p)
+            kept = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
+            pd = tl.where(kept, p * drop_scale, 0.0)
+            dv += tl.dot(tl.trans(pd.to(do.dtype)), do, input_precision=PRECISION)
+            dp = tl.where(kept, dp * drop_scale, 0.0)
+        else:
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         if MASK_KIND == 1:
             ds = tl.where(keep, ds, 0.0)  # a replaced score has no gradient
@@ -267,7 +334,7 @@ def attention_bwd_dkdv_kernel(
 
 @triton.jit
 def attention_bwd_dq_kernel(
-    Q, K, V, MASK, DO, LSE, DELTA, DQ,
+    Q, K, V, MASK, DO, LSE, DELTA, DQ, SEED,
     stride_qz, stride_qh, stride_qm,
     stride_kz, stride_kh, stride_kn,
     stride_vz, stride_vh, stride_vn,
@@ -275,8 +342,9 @@ def attention_bwd_dq_kernel(
     stride_doz, stride_doh, stride_dom,
     stride_dqz, stride_dqh, stride_dqm,
     H, L_q, L_k, D, causal,
-    qk_scale, sm_scale, masked_score,
+    qk_scale, sm_scale, masked_score, dropout_p,
     MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program per (query block, batch·head): walks the key blocks, accumulates dQ."""
@@ -296,6 +364,11 @@ def attention_bwd_dq_kernel(
     lse2 = tl.load(LSE + bh * L_q + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + bh * L_q + offs_m, mask=offs_m < L_q, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    seed = 0
+    drop_scale = 1.0
+    if DROPOUT:
+        seed = tl.load(SEED)
+        drop_scale = 1.0 / (1.0 - dropout_p)
 
     kT_ptr = tl.make_block_ptr(K + z * stride_kz + h * stride_kh, shape=(D, L_k),
                                strides=(1, stride_kn), offsets=(0, 0),
@@ -319,6 +392,9 @@ def attention_bwd_dq_kernel(
         s, keep = _apply_masks(s, mask, offs_m, offs_n, L_k, causal, masked_score, MASK_KIND)
         p = _probabilities(s, lse2, offs_m, L_k, causal, MASK_KIND)
         dp = tl.dot(do, vT, input_precision=PRECISION)
+        if DROPOUT:
+            kept = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
+            dp = tl.where(kept, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if MASK_KIND == 1:
             ds = tl.where(keep, ds, 0.0)

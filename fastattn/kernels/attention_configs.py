@@ -28,6 +28,7 @@ SMEM_LIMIT = {8: 163 * 1024, 9: 227 * 1024}
 DEFAULT_SMEM_LIMIT = 99 * 1024
 INTERPRETER_BLOCK_M = 16
 INTERPRETER_BLOCK_N = 32
+DROPOUT_MASK_BLOCK = 32  # the dropout_keep_mask kernel's tile (16 under the interpreter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +58,28 @@ def length_bucket(length: int) -> str:
 
 
 def _candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask_layout: str,
-                bucket: str) -> List[AttnConfig]:
+                bucket: str, dropout: bool = False) -> List[AttnConfig]:
     """Candidates, best first; later ones use less shared memory.  Chosen so that the sm_90a
-    forward compiles without register spills for head_dim <= 128 (``fastattn kernels``)."""
+    kernels compile without register spills for head_dim <= 128 (``fastattn kernels``)."""
+    cands = _base_candidates(kernel, block_d, dtype, mask_kind, mask_layout, bucket)
+    if dropout:  # Philox on a score tile costs registers: half the tile elements per thread
+        if kernel == "fwd":
+            cands = [dataclasses.replace(c, num_warps=8) if c.num_warps == 4 else
+                     dataclasses.replace(c, block_n=max(16, c.block_n // 2)) for c in cands]
+        elif kernel == "bwd_dkdv":
+            cands = [dataclasses.replace(c, block_m=max(16, c.block_m // 2)) for c in cands]
+            if dtype == "float32" and block_d >= 128:  # resident fp32 K, V, dK, dV tiles
+                cands = [dataclasses.replace(c, block_n=16, num_warps=8) for c in cands]
+        elif dtype == "float32":
+            cands = [dataclasses.replace(c, block_m=max(16, c.block_m // 2),
+                                         block_n=min(32, c.block_n)) for c in cands]
+        else:
+            cands = [dataclasses.replace(c, block_n=max(16, c.block_n // 2)) for c in cands]
+    return cands
+
+
+def _base_candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask_layout: str,
+                     bucket: str) -> List[AttnConfig]:
     full_mask = mask_kind != 0 and mask_layout in ("full", "narrow")
     wide = dtype == "float32"  # fp32 tiles take twice the shared memory and registers
     short = bucket == "short"
@@ -114,17 +134,20 @@ def _candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask_layo
 
 
 def pick_config(kernel: str, head_dim: int, dtype: str, mask_kind: int, length: int,
-                smem_limit: int, interpreter: bool = False, mask_layout: str = "row") -> AttnConfig:
+                smem_limit: int, interpreter: bool = False, mask_layout: str = "row",
+                dropout: bool = False) -> AttnConfig:
     """The configuration the launcher uses.  ``length`` is L_q (fwd, dq) or L_k (dkdv).
 
     ``mask_layout``: "row" (one row per key block: key padding), "full" (a tile of 4- or 8-byte
     elements) or "narrow" (a tile of 1- or 2-byte elements: bool, uint8, float16...).
+    ``dropout``: the kernels' DROPOUT variant.
     """
     if interpreter:  # small blocks: several blocks and a ragged tail at lengths like 70
         return AttnConfig(INTERPRETER_BLOCK_M, INTERPRETER_BLOCK_N, 4, 1)
     block_d = block_d_for(head_dim)
     elem = 4 if dtype == "float32" else 2
-    for cfg in _candidates(kernel, block_d, dtype, mask_kind, mask_layout, length_bucket(length)):
+    for cfg in _candidates(kernel, block_d, dtype, mask_kind, mask_layout, length_bucket(length),
+                           dropout):
         if cfg.smem_bytes(kernel, block_d, elem) <= smem_limit:
             return cfg
     raise ValueError(f"no {kernel} configuration fits {smem_limit} bytes of shared memory "
@@ -144,15 +167,16 @@ def all_configs(capability_major: int,
                 kernels: Tuple[str, ...] = KERNELS,
                 head_dims: Tuple[int, ...] = HEAD_DIMS,
                 dtypes: Tuple[str, ...] = DTYPES,
-                ) -> Iterator[Tuple[str, int, str, int, str, AttnConfig]]:
-    """Every (kernel, BLOCK_D, dtype, mask kind, mask layout, config) the launcher can pick."""
+                ) -> Iterator[Tuple[str, int, str, int, str, bool, AttnConfig]]:
+    """Every (kernel, BLOCK_D, dtype, mask kind, mask layout, dropout, config) the launcher can
+    pick."""
     limit = smem_limit_for(capability_major)
     seen = set()
-    for kernel, d, dt, (mk, layout), bucket in itertools.product(
-            kernels, head_dims, dtypes, MASK_VARIANTS, LENGTH_BUCKETS):
+    for kernel, d, dt, (mk, layout), bucket, dropout in itertools.product(
+            kernels, head_dims, dtypes, MASK_VARIANTS, LENGTH_BUCKETS, (False, True)):
         length = 1 if bucket == "short" else 4096
-        cfg = pick_config(kernel, d, dt, mk, length, limit, mask_layout=layout)
-        key = (kernel, d, dt, mk, layout, cfg)
+        cfg = pick_config(kernel, d, dt, mk, length, limit, mask_layout=layout, dropout=dropout)
+        key = (kernel, d, dt, mk, layout, dropout, cfg)
         if key not in seen:
             seen.add(key)
             yield key
@@ -166,15 +190,17 @@ def aot_specs(capability_major: int):
     names = {"fwd": "attention_fwd_kernel", "bwd_dkdv": "attention_bwd_dkdv_kernel",
              "bwd_dq": "attention_bwd_dq_kernel"}
     tensor_args = {
-        "fwd": ["Q", "K", "V", "MASK", "O", "LSE"],
-        "bwd_dkdv": ["Q", "K", "V", "MASK", "DO", "LSE", "DELTA", "DK", "DV"],
-        "bwd_dq": ["Q", "K", "V", "MASK", "DO", "LSE", "DELTA", "DQ"],
+        "fwd": ["Q", "K", "V", "MASK", "O", "LSE", "SEED"],
+        "bwd_dkdv": ["Q", "K", "V", "MASK", "DO", "LSE", "DELTA", "DK", "DV", "SEED"],
+        "bwd_dq": ["Q", "K", "V", "MASK", "DO", "LSE", "DELTA", "DQ", "SEED"],
     }
     n_strides = {"fwd": 16, "bwd_dkdv": 22, "bwd_dq": 19}
-    for kernel, block_d, dtype, mask_kind, layout, cfg in all_configs(capability_major):
+    for kernel, block_d, dtype, mask_kind, layout, dropout, cfg in all_configs(capability_major):
         sig = {}
         for name in tensor_args[kernel]:
-            if name in ("LSE", "DELTA"):
+            if name == "SEED":
+                sig[name] = "*i64"
+            elif name in ("LSE", "DELTA"):
                 sig[name] = "*fp32"
             elif name == "MASK":
                 sig[name] = mask_types.get((mask_kind, layout), ptr_types[dtype])
@@ -187,8 +213,9 @@ def aot_specs(capability_major: int):
         if kernel != "fwd":
             sig["sm_scale"] = "fp32"
         sig["masked_score"] = "fp32"
+        sig["dropout_p"] = "fp32"
         constexprs = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row",
-                          PRECISION="tf32x3" if dtype == "float32" else "tf32",
+                          PRECISION="tf32x3" if dtype == "float32" else "tf32", DROPOUT=dropout,
                           BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d)
         for k in constexprs:
             sig[k] = "constexpr"
@@ -198,7 +225,15 @@ def aot_specs(capability_major: int):
             fn=f"fastattn.kernels.attention:{names[kernel]}",
             signature=sig, constexprs=constexprs,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            config=(f"D={block_d} {dtype} mask={mask_name} M{cfg.block_m} N{cfg.block_n} "
-                    f"w{cfg.num_warps} s{cfg.num_stages}"),
+            config=(f"D={block_d} {dtype} mask={mask_name}{' dropout' if dropout else ''} "
+                    f"M{cfg.block_m} N{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"),
             head_dim=block_d,
         )
+    yield dict(
+        kernel="attention_dropout_mask",
+        fn="fastattn.kernels.attention:attention_dropout_mask_kernel",
+        signature={"SEED": "*i64", "Z": "*u8", "L_q": "i32", "L_k": "i32", "dropout_p": "fp32",
+                   "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"},
+        constexprs=dict(BLOCK_M=DROPOUT_MASK_BLOCK, BLOCK_N=DROPOUT_MASK_BLOCK),
+        num_warps=4, num_stages=1, config=f"M{DROPOUT_MASK_BLOCK} N{DROPOUT_MASK_BLOCK} w4 s1",
+    )

@@ -2,15 +2,21 @@
 
 Ops (registered under the ``fastattn`` namespace, so ``torch.compile`` sees each as one node):
 
-    fastattn::attention_fwd(q, k, v, mask?, mask_kind, causal, scale) -> (out, lse)
-    fastattn::attention_bwd(dout, q, k, v, out, lse, mask?, mask_kind, causal, scale)
-        -> (dq, dk, dv)
+    fastattn::attention_fwd(q, k, v, mask?, mask_kind, causal, scale, dropout_p, seed?)
+        -> (out, lse)
+    fastattn::attention_bwd(dout, q, k, v, out, lse, mask?, mask_kind, causal, scale,
+                            dropout_p, seed?) -> (dq, dk, dv)
 
 q: (N, H, L_q, D), k / v: (N, H, L_k, D), any strides with the last one 1 (others are copied).
 mask: a tensor broadcastable to (N, H, L_q, L_k); a 2-D mask is a key-padding mask (N, L_k).
 It is passed through as given and addressed through stride-0 views inside the launcher, never
 expanded into memory.  out: (N, H, L_q, D) laid out in memory as (N, L_q, H, D), so that merging
 the heads back into (N, L_q, H·D) is a free view.  lse: (N, H, L_q) fp32, natural log.
+dropout_p: attention dropout rate in [0, 1); seed: (1,) int64 on q's device, the Philox key of
+the dropout mask (required when dropout_p > 0).  :func:`triton_attention` draws a fresh seed
+from torch's generator for every call, so ``torch.manual_seed`` makes runs repeatable, and the
+backward regenerates the forward's mask from the saved seed.  :func:`dropout_keep_mask` writes
+the mask of a seed out (for tests and debugging).
 
 Inputs are validated by :mod:`fastattn.functional`; these ops assume valid arguments.
 Triton is imported only when a kernel is launched.
@@ -26,7 +32,7 @@ import torch
 from fastattn.backends import interpreter_enabled
 from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on
 from fastattn.kernels.attention_configs import (
-    DEFAULT_SMEM_LIMIT, block_d_for, pick_config, smem_limit_for)
+    DEFAULT_SMEM_LIMIT, DROPOUT_MASK_BLOCK, block_d_for, pick_config, smem_limit_for)
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -92,13 +98,41 @@ def _mask_layout(mask, mask_t: torch.Tensor, strides) -> str:
     return "narrow" if mask_t.element_size() < 4 else "full"
 
 
-def _config(kernel, q, mask_kind, length, layout):
+def _seed_arg(seed: Optional[torch.Tensor], dummy: torch.Tensor, dropout_p: float):
+    """The SEED pointer argument: the seed tensor, or any tensor when dropout is off."""
+    if dropout_p > 0 and seed is None:
+        raise ValueError("dropout_p > 0 needs a seed tensor")
+    return seed if seed is not None else dummy
+
+
+def draw_dropout_seed(device: torch.device) -> torch.Tensor:
+    """A fresh (1,) int64 Philox key from torch's generator for ``device``."""
+    return torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=device)
+
+
+def dropout_keep_mask(seed: torch.Tensor, shape, dropout_p: float) -> torch.Tensor:
+    """The keep mask (N, H, L_q, L_k) bool that the kernels apply for ``seed`` and
+    ``dropout_p`` (True = kept, scaled by 1 / (1 - dropout_p)); ``seed`` as in the ops."""
+    from fastattn.kernels.attention import attention_dropout_mask_kernel
+
+    n, h, lq, lk = shape
+    z = torch.empty(n, h, lq, lk, dtype=torch.uint8, device=seed.device)
+    if z.numel():
+        block = 16 if interpreter_enabled() else DROPOUT_MASK_BLOCK
+        with launch_on(seed.device):
+            attention_dropout_mask_kernel[(cdiv(lq, block) * n * h,)](
+                seed, z, lq, lk, float(dropout_p), BLOCK_M=block, BLOCK_N=block)
+    return z.bool()
+
+
+def _config(kernel, q, mask_kind, length, layout, dropout):
     return pick_config(kernel, q.shape[-1], _DTYPE_NAMES[q.dtype], mask_kind, length,
                        _smem_limit(q.device), interpreter=interpreter_enabled(),
-                       mask_layout=layout)
+                       mask_layout=layout, dropout=dropout)
 
 
-def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float):
+def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float,
+                      dropout_p: float = 0.0, seed: Optional[torch.Tensor] = None):
     """Launch the forward kernel; returns (out, lse)."""
     from fastattn.kernels.attention import attention_fwd_kernel
 
@@ -112,14 +146,16 @@ def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float)
     mask_t, ms = _mask_view(mask, q, (n, h, lq, lk))
     layout = _mask_layout(mask, mask_t, ms)
     mask_kind, masked_score = _kernel_mask(mask_kind)
-    cfg = _config("fwd", q, mask_kind, lq, layout)
+    cfg = _config("fwd", q, mask_kind, lq, layout, dropout_p > 0)
     grid = (cdiv(lq, cfg.block_m) * n * h,)
     with launch_on(q.device):
         attention_fwd_kernel[grid](
-            q, k, v, mask_t, out, lse,
+            q, k, v, mask_t, out, lse, _seed_arg(seed, lse, dropout_p),
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *out.stride()[:3],
             h, lq, lk, d, int(causal), scale * 1.4426950408889634, masked_score,
+            float(dropout_p),
             MASK_KIND=mask_kind, MASK_ROW=layout == "row", PRECISION=_precision(q.dtype),
+            DROPOUT=dropout_p > 0,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d_for(d),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
@@ -127,7 +163,8 @@ def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float)
 
 
 def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bool,
-                       scale: float):
+                       scale: float, dropout_p: float = 0.0,
+                       seed: Optional[torch.Tensor] = None):
     """Launch the three backward kernels; returns (dq, dk, dv).  Deterministic: no atomics."""
     from fastattn.kernels.attention import (
         attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, attention_bwd_preprocess_kernel)
@@ -144,27 +181,28 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
     layout = _mask_layout(mask, mask_t, ms)
     mask_kind, masked_score = _kernel_mask(mask_kind)
     common = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row", PRECISION=_precision(q.dtype),
-                  BLOCK_D=block_d)
+                  DROPOUT=dropout_p > 0, BLOCK_D=block_d)
+    seed_t = _seed_arg(seed, lse, dropout_p)
     qk_scale = scale * 1.4426950408889634
     with launch_on(q.device):
         pre_m = 64 if not interpreter_enabled() else 16
         attention_bwd_preprocess_kernel[(cdiv(lq, pre_m) * n * h,)](
             out, dout, delta, *out.stride()[:3], *dout.stride()[:3], h, lq, d,
             BLOCK_M=pre_m, BLOCK_D=block_d)
-        cfg = _config("bwd_dkdv", q, mask_kind, lk, layout)
+        cfg = _config("bwd_dkdv", q, mask_kind, lk, layout, dropout_p > 0)
         attention_bwd_dkdv_kernel[(cdiv(lk, cfg.block_n) * n * h,)](
-            q, k, v, mask_t, dout, lse, delta, dk, dv,
+            q, k, v, mask_t, dout, lse, delta, dk, dv, seed_t,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
             *dk.stride()[:3], *dv.stride()[:3],
-            h, lq, lk, d, int(causal), qk_scale, scale, masked_score,
+            h, lq, lk, d, int(causal), qk_scale, scale, masked_score, float(dropout_p),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, **common)
-        cfg = _config("bwd_dq", q, mask_kind, lq, layout)
+        cfg = _config("bwd_dq", q, mask_kind, lq, layout, dropout_p > 0)
         attention_bwd_dq_kernel[(cdiv(lq, cfg.block_m) * n * h,)](
-            q, k, v, mask_t, dout, lse, delta, dq,
+            q, k, v, mask_t, dout, lse, delta, dq, seed_t,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
             *dq.stride()[:3],
-            h, lq, lk, d, int(causal), qk_scale, scale, masked_score,
+            h, lq, lk, d, int(causal), qk_scale, scale, masked_score, float(dropout_p),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, **common)
     return dq, dk, dv
@@ -176,12 +214,13 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
 @torch.library.custom_op("fastattn::attention_fwd", mutates_args=())
 def attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      mask: Optional[torch.Tensor], mask_kind: int, causal: bool,
-                     scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    return attention_forward(q, k, v, mask, mask_kind, causal, scale)
+                     scale: float, dropout_p: float = 0.0,
+                     seed: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    return attention_forward(q, k, v, mask, mask_kind, causal, scale, dropout_p, seed)
 
 
 @attention_fwd_op.register_fake
-def _(q, k, v, mask, mask_kind, causal, scale):
+def _(q, k, v, mask, mask_kind, causal, scale, dropout_p=0.0, seed=None):
     n, h, lq, d = q.shape
     out = q.new_empty(n, lq, h, d).transpose(1, 2)
     return out, q.new_empty(n, h, lq, dtype=torch.float32)
@@ -190,37 +229,50 @@ def _(q, k, v, mask, mask_kind, causal, scale):
 @torch.library.custom_op("fastattn::attention_bwd", mutates_args=())
 def attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      out: torch.Tensor, lse: torch.Tensor, mask: Optional[torch.Tensor],
-                     mask_kind: int, causal: bool,
-                     scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return attention_backward(dout, q, k, v, out, lse, mask, mask_kind, causal, scale)
+                     mask_kind: int, causal: bool, scale: float, dropout_p: float = 0.0,
+                     seed: Optional[torch.Tensor] = None,
+                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return attention_backward(dout, q, k, v, out, lse, mask, mask_kind, causal, scale,
+                              dropout_p, seed)
 
 
 @attention_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, mask, mask_kind, causal, scale):
+def _(dout, q, k, v, out, lse, mask, mask_kind, causal, scale, dropout_p=0.0, seed=None):
     return (torch.empty_like(last_dim_contiguous(q)), torch.empty_like(last_dim_contiguous(k)),
             torch.empty_like(last_dim_contiguous(v)))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, mask, mask_kind, causal, scale = inputs
+    """Shared with the CUDA C++ forward op, whose inputs stop after ``scale`` (no dropout)."""
+    q, k, v, mask, mask_kind, causal, scale, *rest = inputs
+    dropout_p, seed = rest if rest else (0.0, None)
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, mask)
-    ctx.mask_kind, ctx.causal, ctx.scale = mask_kind, causal, scale
+    ctx.save_for_backward(q, k, v, out, lse, mask, seed)
+    ctx.mask_kind, ctx.causal, ctx.scale, ctx.dropout_p = mask_kind, causal, scale, dropout_p
+    ctx.n_inputs = len(inputs)
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, mask = ctx.saved_tensors
+    q, k, v, out, lse, mask, seed = ctx.saved_tensors
     dq, dk, dv = attention_bwd_op(dout, q, k, v, out, lse, mask, ctx.mask_kind, ctx.causal,
-                                  ctx.scale)
-    return dq, dk, dv, None, None, None, None
+                                  ctx.scale, ctx.dropout_p, seed)
+    return (dq, dk, dv) + (None,) * (ctx.n_inputs - 3)
 
 
 attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def triton_attention(q, k, v, mask, mask_kind: int, causal: bool,
-                     scale: Optional[float]) -> torch.Tensor:
-    """Differentiable fused attention through the registered op; returns (N, H, L_q, D)."""
+def triton_attention(q, k, v, mask, mask_kind: int, causal: bool, scale: Optional[float],
+                     dropout_p: float = 0.0, seed: Optional[torch.Tensor] = None
+                     ) -> torch.Tensor:
+    """Differentiable fused attention through the registered op; returns (N, H, L_q, D).
+
+    With dropout_p > 0 and no ``seed``, a fresh seed is drawn from torch's generator."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return attention_fwd_op(q, k, v, mask, mask_kind, causal, scale)[0]
+    dropout_p = float(dropout_p)
+    if dropout_p > 0 and seed is None:
+        seed = draw_dropout_seed(q.device)
+    if dropout_p == 0:
+        seed = None
+    return attention_fwd_op(q, k, v, mask, mask_kind, causal, scale, dropout_p, seed)[0]

@@ -93,6 +93,20 @@ def test_providers_say_which_backend_ran(quick_run):
             assert all("CPU" in r["reason"] or "CUDA" in r["reason"] for r in na), na[0]
 
 
+def test_dropout_rows_are_timed_but_not_compared(quick_run):
+    _, results, _ = quick_run
+    rows = [r for r in results["rows"] if r["params"].get("dropout")]
+    assert {r["provider"] for r in rows} == set(workloads.DROPOUT_PROVIDERS)
+    assert all(r["mode"] == "fwd+bwd" and r["params"]["dropout"] == workloads.ATTENTION_DROPOUT
+               for r in rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {"fastattn", "eager", "sdpa"} <= {r["provider"] for r in ok}
+    for r in ok:
+        assert r["rel_err_vs_eager"] is None
+        if r["provider"] != "eager":
+            assert "dropout" in r["reason"]
+
+
 def test_speedups_are_ratios_of_medians(quick_run):
     _, results, _ = quick_run
     by_case = {}
