@@ -186,4 +186,6 @@ def feedforward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
     x2 = x.reshape(-1, shape[-1])
     r2 = None if residual is None else residual.reshape(-1, shape[-1])
     y = feedforward_fwd_op(x2, w1, b1, w2, b2, r2, ACTIVATIONS[activation])[0]
-    return y.view(shape)
+    # Not a view of y (as torch.matmul reshapes its GEMM output): y is fresh and not saved for
+    # backward (h and a are), and FSDP2 warns about modules that return views.
+    return torch.ops.aten._unsafe_view(y, shape)

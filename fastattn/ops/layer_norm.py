@@ -281,4 +281,6 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
     store_sum = residual is not None and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, residual, weight, bias))
     y = layer_norm_fwd_op(x2, r2, w, b, float(eps), store_sum)[0]
-    return y.view(x.shape)
+    # Not a view of y (as torch.matmul reshapes its GEMM output): y is fresh and nothing else
+    # holds or saves it, and FSDP2 warns about modules that return views.
+    return torch.ops.aten._unsafe_view(y, x.shape)
