@@ -63,15 +63,23 @@ class BertEncoderLayer(nn.Module):
         self.feedforward = FeedForward(embed_size, forward_expansion, activation, **kw)
 
     def forward(self, values: torch.Tensor, keys: torch.Tensor, query: torch.Tensor,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.norm1(self.attention(values, keys, query, mask), residual=query)
+                mask: Optional[torch.Tensor] = None, *,
+                cu_seqlens: Optional[torch.Tensor] = None,
+                max_seqlen: Optional[int] = None) -> torch.Tensor:
+        """With ``cu_seqlens``: the packed layer over ``query``, see :meth:`forward_packed`."""
+        if cu_seqlens is not None:
+            attended = self.attention(query, query, query, mask, cu_seqlens=cu_seqlens,
+                                      max_seqlen=max_seqlen)
+        else:
+            attended = self.attention(values, keys, query, mask)
+        x = self.norm1(attended, residual=query)
         return self.norm2(self.feedforward(x), residual=x)
 
     def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor,
                        max_seqlen: int) -> torch.Tensor:
-        """The layer over packed real tokens x (T, E) of the sequences ``cu_seqlens`` (B + 1,)."""
-        x = self.norm1(self.attention.forward_packed(x, cu_seqlens, max_seqlen), residual=x)
-        return self.norm2(self.feedforward(x), residual=x)
+        """The layer over packed real tokens x (T, E) of the sequences ``cu_seqlens`` (B + 1,).
+        Goes through ``self(...)``, so module hooks (FSDP2's, for one) run."""
+        return self(x, x, x, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
 
 
 class BertEncoder(nn.Module):
@@ -134,7 +142,8 @@ class BertEncoder(nn.Module):
         if self.unpad and keep is not None and _packed_path_traceable():
             packed, indices, cu_seqlens, max_seqlen = unpad_input(out, keep)
             for layer in self.layers:
-                packed = layer.forward_packed(packed, cu_seqlens, max_seqlen)
+                packed = layer(packed, packed, packed, cu_seqlens=cu_seqlens,
+                               max_seqlen=max_seqlen)
             return pad_input(packed, indices, x.shape[0], x.shape[1])
         for layer in self.layers:
             out = layer(out, out, out, mask)

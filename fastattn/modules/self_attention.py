@@ -73,7 +73,19 @@ class SelfAttention(nn.Module):
         return q, self.keys(keys), self.values(values)
 
     def forward(self, values: torch.Tensor, keys: torch.Tensor, query: torch.Tensor,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                mask: Optional[torch.Tensor] = None, *,
+                cu_seqlens: Optional[torch.Tensor] = None,
+                max_seqlen: Optional[int] = None) -> torch.Tensor:
+        """With ``cu_seqlens``: packed self-attention over ``query``, see :meth:`forward_packed`
+        (values and keys are then the same (T, E) tokens, and mask is None)."""
+        if cu_seqlens is not None:
+            if mask is not None:
+                raise ValueError("packed self-attention (cu_seqlens given) takes no mask")
+            if values.shape != query.shape or keys.shape != query.shape:
+                raise ValueError(f"packed self-attention takes the same (T, E) tokens as values, "
+                                 f"keys and query, got shapes {tuple(values.shape)}, "
+                                 f"{tuple(keys.shape)}, {tuple(query.shape)}")
+            return self._forward_packed(query, cu_seqlens, max_seqlen)
         self._check("query", query, None)
         n, lq = query.shape[:2]
         self._check("keys", keys, n)
@@ -94,7 +106,13 @@ class SelfAttention(nn.Module):
         offsets of the sequences in x; max_seqlen: the longest length or more (a Python
         int; the padded length under torch.compile).
         Returns (T, E); equal to ``forward(x, x, x, key_padding_mask)`` on the real tokens.
+        Goes through ``self(...)``, so module hooks (FSDP2's, for one) run as for ``forward``.
         """
+        return self(x, x, x, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+
+    def _forward_packed(self, x, cu_seqlens, max_seqlen):
+        if max_seqlen is None:
+            raise ValueError("max_seqlen is required with cu_seqlens")
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.embed_size:
             raise ValueError(f"x must be packed tokens of shape (T, {self.embed_size}), got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")

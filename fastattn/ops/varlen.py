@@ -382,4 +382,5 @@ def pad_input(packed: torch.Tensor, indices: torch.Tensor, batch: int,
                          f"{tuple(indices.shape)}")
     out = packed.new_zeros(batch * seqlen, *packed.shape[1:])
     out = out.index_put((indices,), packed)
-    return out.reshape(batch, seqlen, *packed.shape[1:])
+    # a fresh tensor, not a view of the flat one (FSDP2 warns on modules returning views)
+    return torch.ops.aten._unsafe_view(out, (batch, seqlen, *packed.shape[1:]))

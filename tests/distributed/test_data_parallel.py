@@ -132,14 +132,12 @@ def _train(spec: dict) -> dict:
         forward = DistributedDataParallel(model)
     elif mode == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+        from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh("cpu", (world,))
-        for layer in model.encoder.layers:
+        for layer in model.encoder.layers:  # the padding-free encoder calls layer(...) too
             fully_shard(layer, mesh=mesh)
-            # the padding-free encoder calls layer.forward_packed, not layer(...): FSDP2 must
-            # all-gather the layer's parameters around that method too
-            register_fsdp_forward_method(layer, "forward_packed")
+        fully_shard(model.encoder, mesh=mesh)
         fully_shard(model, mesh=mesh)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     per = GLOBAL_BATCH // world
@@ -383,7 +381,7 @@ def test_custom_op_outputs_are_fresh_tensors():
 def test_module_outputs_are_fresh_tensors(packed):
     """Outputs of the fused modules share no memory with their inputs, in the padded (N, L, E)
     and the packed (T, E) layouts; those of LayerNorm, FeedForward and the encoder layer (what
-    FSDP2 wraps) are not views either (``_base is None``).  SelfAttention and the classifier end
+    FSDP2 wraps) and of the encoder are not views either (``_base is None``).  SelfAttention and the classifier end
     in nn.Linear, which itself returns a view of its GEMM output for 3-D inputs."""
     e = 32
     kw = dict(backend="triton", device=DEVICE)
@@ -401,8 +399,9 @@ def test_module_outputs_are_fresh_tensors(packed):
         model = _model("triton").to(DEVICE)
         ids, mask, _ = _global_batches()[0]
         outs["BertForSequenceClassification"] = model(ids.to(DEVICE), mask.to(DEVICE))
+        outs["BertEncoder"] = model.encoder(ids.to(DEVICE), mask.to(DEVICE) != 0)  # unpadded
     for name, out in outs.items():
-        if name in ("LayerNorm", "FeedForward", "BertEncoderLayer"):
+        if name in ("LayerNorm", "FeedForward", "BertEncoderLayer", "BertEncoder"):
             assert out._base is None, f"{name} returned a view"
         assert not _shares_memory(out, x), f"{name}'s output shares memory with its input"
         assert out.requires_grad
