@@ -6,7 +6,11 @@ for every b and head h (L_q = cu_q[b+1] - cu_q[b], L_k likewise)
 
     S = scale * Q_b K_b^T                 (L_q, L_k)
     S[j > i] = -inf                       causal != 0 (top-left aligned within the sequence)
-    O_b = softmax(S) V_b,   LSE = logsumexp(S)  (natural log, fp32)
+    P = softmax(S),   LSE = logsumexp(S)  (natural log, fp32)
+    O_b = (P * Z / (1 - p)) V_b          Z: the dropout keep mask when DROPOUT, else 1
+
+Dropout uses the padded kernels' Philox stream with (b·H + h, i, j) counted within the sequence,
+so sequence b gets exactly the mask that row b of a padded batch gets for the same seed.
 
 A sequence with L_k == 0 and L_q > 0 gives O = 0 (and LSE = +inf, so its gradients are 0).
 
@@ -30,7 +34,7 @@ import triton
 import triton.language as tl
 
 from fastattn.kernels.attention import (  # noqa: F401  (preprocess re-exported for launchers)
-    LN2, LOG2E, _apply_masks, _probabilities, _program_tile,
+    LN2, LOG2E, _apply_masks, _dropout_keep, _probabilities, _program_tile,
     attention_bwd_preprocess_kernel)
 
 
@@ -44,11 +48,12 @@ def _sequence(CU, b):
 
 @triton.jit
 def varlen_attention_fwd_kernel(
-    Q, K, V, O, LSE, CU_Q, CU_K,
+    Q, K, V, O, LSE, CU_Q, CU_K, SEED,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     H, total_q, max_seqlen_q, D, causal,
     qk_scale,  # scale * log2(e)
-    PRECISION: tl.constexpr,
+    dropout_p,
+    PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     start_m, bh = _program_tile(max_seqlen_q, BLOCK_M)
@@ -75,6 +80,9 @@ def varlen_attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(SEED)
 
     hi = L_k
     if causal:
@@ -88,6 +96,8 @@ def varlen_attention_fwd_kernel(
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            p = tl.where(_dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N), p, 0.0)
         v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
@@ -96,7 +106,10 @@ def varlen_attention_fwd_kernel(
 
     has_any = l_i > 0.0  # False only for a sequence without keys
     l_safe = tl.where(has_any, l_i, 1.0)
-    out = acc / l_safe[:, None]
+    if DROPOUT:
+        out = acc / (l_safe * (1.0 - dropout_p))[:, None]
+    else:
+        out = acc / l_safe[:, None]
     lse = tl.where(has_any, (m_i + tl.math.log2(l_safe)) * LN2, float("inf"))
     o_ptr = tl.make_block_ptr(O + q_start * stride_ot + h * stride_oh, shape=(L_q, D),
                               strides=(stride_ot, 1), offsets=(start_m, 0),
@@ -107,12 +120,12 @@ def varlen_attention_fwd_kernel(
 
 @triton.jit
 def varlen_attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, SEED,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
     H, total_q, max_seqlen_k, D, causal,
-    qk_scale, sm_scale,
-    PRECISION: tl.constexpr,
+    qk_scale, sm_scale, dropout_p,
+    PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program per (key block, sequence·head): walks the sequence's query blocks."""
@@ -135,6 +148,11 @@ def varlen_attention_bwd_dkdv_kernel(
     v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    seed = 0
+    drop_scale = 1.0
+    if DROPOUT:
+        seed = tl.load(SEED)
+        drop_scale = 1.0 / (1.0 - dropout_p)
 
     lo = 0
     if causal:
@@ -155,8 +173,14 @@ def varlen_attention_bwd_dkdv_kernel(
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         s, _ = _apply_masks(s, 0, offs_m, offs_n, L_k, causal, 0.0, 0)
         p = _probabilities(s, lse2, offs_m, L_k, causal, 0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        if DROPOUT:  # as in the padded kernel
+            kept = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
+            pd = tl.where(kept, p * drop_scale, 0.0)
+            dv += tl.dot(tl.trans(pd.to(do.dtype)), do, input_precision=PRECISION)
+            dp = tl.where(kept, dp * drop_scale, 0.0)
+        else:
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
         q_ptr = tl.advance(q_ptr, (BLOCK_M, 0))
@@ -174,12 +198,12 @@ def varlen_attention_bwd_dkdv_kernel(
 
 @triton.jit
 def varlen_attention_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
+    Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, SEED,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_dqt, stride_dqh,
     H, total_q, max_seqlen_q, D, causal,
-    qk_scale, sm_scale,
-    PRECISION: tl.constexpr,
+    qk_scale, sm_scale, dropout_p,
+    PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program per (query block, sequence·head): walks the sequence's key blocks."""
@@ -204,6 +228,11 @@ def varlen_attention_bwd_dq_kernel(
     lse2 = tl.load(LSE + stats + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + stats + offs_m, mask=offs_m < L_q, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    seed = 0
+    drop_scale = 1.0
+    if DROPOUT:
+        seed = tl.load(SEED)
+        drop_scale = 1.0 / (1.0 - dropout_p)
 
     kT_ptr = tl.make_block_ptr(K + k_start * stride_kt + h * stride_kh, shape=(D, L_k),
                                strides=(1, stride_kt), offsets=(0, 0),
@@ -222,6 +251,9 @@ def varlen_attention_bwd_dq_kernel(
         s, _ = _apply_masks(s, 0, offs_m, offs_n, L_k, causal, 0.0, 0)
         p = _probabilities(s, lse2, offs_m, L_k, causal, 0)
         dp = tl.dot(do, vT, input_precision=PRECISION)
+        if DROPOUT:
+            kept = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
+            dp = tl.where(kept, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(kT.dtype), tl.trans(kT), input_precision=PRECISION)
         kT_ptr = tl.advance(kT_ptr, (0, BLOCK_N))

@@ -20,30 +20,32 @@ INTERPRETER_PREPROCESS_BLOCK_M = 16
 
 
 def pick_varlen_config(kernel: str, head_dim: int, dtype: str, max_seqlen: int,
-                       smem_limit: int, interpreter: bool = False) -> AttnConfig:
+                       smem_limit: int, interpreter: bool = False,
+                       dropout: bool = False) -> AttnConfig:
     """The configuration the launcher uses.  ``max_seqlen`` is max_seqlen_q (fwd, dq) or
-    max_seqlen_k (dkdv)."""
+    max_seqlen_k (dkdv); ``dropout``: the kernels' DROPOUT variant."""
     return pick_config(kernel, head_dim, dtype, 0, max_seqlen, smem_limit,
-                       interpreter=interpreter, mask_layout="none")
+                       interpreter=interpreter, mask_layout="none", dropout=dropout)
 
 
-def all_configs(capability_major: int) -> Iterator[Tuple[str, int, str, AttnConfig]]:
-    """Every (kernel, BLOCK_D, dtype, config) the launcher can pick, without repeats."""
+def all_configs(capability_major: int) -> Iterator[Tuple[str, int, str, bool, AttnConfig]]:
+    """Every (kernel, BLOCK_D, dtype, dropout, config) the launcher can pick, without repeats."""
     limit = smem_limit_for(capability_major)
     seen = set()
-    for kernel, d, dtype, bucket in itertools.product(KERNELS, HEAD_DIMS, DTYPES,
-                                                      LENGTH_BUCKETS):
-        cfg = pick_varlen_config(kernel, d, dtype, 1 if bucket == "short" else 4096, limit)
-        key = (kernel, d, dtype, cfg)
+    for kernel, d, dtype, bucket, dropout in itertools.product(KERNELS, HEAD_DIMS, DTYPES,
+                                                               LENGTH_BUCKETS, (False, True)):
+        cfg = pick_varlen_config(kernel, d, dtype, 1 if bucket == "short" else 4096, limit,
+                                 dropout=dropout)
+        key = (kernel, d, dtype, dropout, cfg)
         if key not in seen:
             seen.add(key)
             yield key
 
 
 _TENSORS = {
-    "fwd": ["Q", "K", "V", "O", "LSE", "CU_Q", "CU_K"],
-    "bwd_dkdv": ["Q", "K", "V", "DO", "LSE", "DELTA", "DK", "DV", "CU_Q", "CU_K"],
-    "bwd_dq": ["Q", "K", "V", "DO", "LSE", "DELTA", "DQ", "CU_Q", "CU_K"],
+    "fwd": ["Q", "K", "V", "O", "LSE", "CU_Q", "CU_K", "SEED"],
+    "bwd_dkdv": ["Q", "K", "V", "DO", "LSE", "DELTA", "DK", "DV", "CU_Q", "CU_K", "SEED"],
+    "bwd_dq": ["Q", "K", "V", "DO", "LSE", "DELTA", "DQ", "CU_Q", "CU_K", "SEED"],
 }
 _N_STRIDES = {"fwd": 8, "bwd_dkdv": 12, "bwd_dq": 10}
 
@@ -52,10 +54,12 @@ def aot_specs(capability_major: int):
     """Ahead-of-time compile specs (see :mod:`fastattn.aot`) for every pickable configuration.
     The delta preprocess is the padded attention's kernel and is not repeated here."""
     ptr_types = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
-    for kernel, block_d, dtype, cfg in all_configs(capability_major):
+    for kernel, block_d, dtype, dropout, cfg in all_configs(capability_major):
         sig = {}
         for name in _TENSORS[kernel]:
-            if name in ("LSE", "DELTA"):
+            if name == "SEED":
+                sig[name] = "*i64"
+            elif name in ("LSE", "DELTA"):
                 sig[name] = "*fp32"
             elif name.startswith("CU_"):
                 sig[name] = "*i32"
@@ -67,7 +71,8 @@ def aot_specs(capability_major: int):
                     "causal": "i32", "qk_scale": "fp32"})
         if kernel != "fwd":
             sig["sm_scale"] = "fp32"
-        constexprs = dict(PRECISION="tf32x3" if dtype == "float32" else "tf32",
+        sig["dropout_p"] = "fp32"
+        constexprs = dict(PRECISION="tf32x3" if dtype == "float32" else "tf32", DROPOUT=dropout,
                           BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d)
         for k in constexprs:
             sig[k] = "constexpr"
@@ -76,7 +81,7 @@ def aot_specs(capability_major: int):
             fn=f"fastattn.kernels.attention_varlen:varlen_attention_{kernel}_kernel",
             signature=sig, constexprs=constexprs,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            config=(f"D={block_d} {dtype} M{cfg.block_m} N{cfg.block_n} "
-                    f"w{cfg.num_warps} s{cfg.num_stages}"),
+            config=(f"D={block_d} {dtype}{' dropout' if dropout else ''} M{cfg.block_m} "
+                    f"N{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"),
             head_dim=block_d,
         )

@@ -27,7 +27,8 @@ class BertForSequenceClassification(nn.Module):
         embed_size, num_layers, heads, forward_expansion, dropout, max_length: the encoder's.
         pad_id: the padding token id, used when ``attention_mask`` is not given.
         pooling: "mean" (masked mean over real tokens) or "cls" (first token).
-        qkv_projection, activation, backend: passed to the fused encoder.
+        qkv_projection, activation, attention_dropout, backend: passed to the fused encoder
+            (attention_dropout: BERT's attention_probs_dropout_prob, 0.0 by default).
         init_std: BERT's initialization, normal(0, init_std) for every matrix (embeddings and
             linear weights) and zero biases (LayerNorms keep weight 1, bias 0); None keeps the
             PyTorch defaults of the guide's modules (unit-variance embeddings), which train
@@ -43,6 +44,7 @@ class BertForSequenceClassification(nn.Module):
                  num_layers: int = 2, heads: int = 4, forward_expansion: int = 4,
                  dropout: float = 0.1, max_length: int = 512, pad_id: int = 0,
                  pooling: str = "mean", qkv_projection: bool = True, activation: str = "relu",
+                 attention_dropout: float = 0.0,
                  init_std: Optional[float] = 0.02, backend: Optional[str] = None,
                  reference: bool = False,
                  device=None, dtype=None):
@@ -55,6 +57,9 @@ class BertForSequenceClassification(nn.Module):
             raise ValueError(f"pad_id must be a token id in [0, {vocab_size}), got {pad_id}")
         kw = dict(qkv_projection=qkv_projection, device=device, dtype=dtype)
         if reference:
+            if attention_dropout:
+                raise ValueError("the reference encoder has no attention dropout, got "
+                                 f"attention_dropout={attention_dropout}")
             if activation != "relu":
                 raise ValueError(f"the reference encoder has a ReLU feed-forward only, "
                                  f"got activation={activation!r}")
@@ -63,7 +68,9 @@ class BertForSequenceClassification(nn.Module):
         else:
             self.encoder = BertEncoder(vocab_size, embed_size, num_layers, heads,
                                        forward_expansion, dropout, max_length,
-                                       activation=activation, backend=backend, **kw)
+                                       activation=activation,
+                                       attention_dropout=attention_dropout, backend=backend,
+                                       **kw)
         self.num_classes, self.pad_id, self.pooling = num_classes, pad_id, pooling
         self.max_length = max_length
         self.dropout = nn.Dropout(dropout)

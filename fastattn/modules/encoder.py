@@ -46,6 +46,7 @@ class BertEncoderLayer(nn.Module):
         embed_size: E.  heads: H (E divisible by H).  forward_expansion: hidden = fe·E.
         qkv_projection: see :class:`fastattn.SelfAttention`.
         activation: the feed-forward's activation ("relu" as the guide).
+        attention_dropout: see :class:`fastattn.SelfAttention` (0.0, the guide's, for none).
         backend: "auto", "triton", "torch", "cuda" or None (the process default).
     Shapes:
         forward(values (N, L_k, E), keys (N, L_k, E), query (N, L_q, E),
@@ -54,10 +55,12 @@ class BertEncoderLayer(nn.Module):
 
     def __init__(self, embed_size: int, heads: int, forward_expansion: int, *,
                  qkv_projection: bool = True, activation: str = "relu",
-                 backend: Optional[str] = None, device=None, dtype=None):
+                 attention_dropout: float = 0.0, backend: Optional[str] = None, device=None,
+                 dtype=None):
         super().__init__()
         kw = dict(backend=backend, device=device, dtype=dtype)
-        self.attention = SelfAttention(embed_size, heads, qkv_projection=qkv_projection, **kw)
+        self.attention = SelfAttention(embed_size, heads, qkv_projection=qkv_projection,
+                                       attention_dropout=attention_dropout, **kw)
         self.norm1 = LayerNorm(embed_size, **kw)
         self.norm2 = LayerNorm(embed_size, **kw)
         self.feedforward = FeedForward(embed_size, forward_expansion, activation, **kw)
@@ -111,7 +114,8 @@ class BertEncoder(nn.Module):
     def __init__(self, src_vocab_size: int, embed_size: int, num_layers: int, heads: int,
                  forward_expansion: int, dropout: float, max_length: int, *,
                  qkv_projection: bool = True, activation: str = "relu",
-                 backend: Optional[str] = None, unpad: bool = True, device=None, dtype=None):
+                 attention_dropout: float = 0.0, backend: Optional[str] = None,
+                 unpad: bool = True, device=None, dtype=None):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
         self.unpad = unpad
@@ -123,7 +127,8 @@ class BertEncoder(nn.Module):
         self.pos_embeddings = nn.Embedding(max_length, embed_size, **kw)
         self.layers = nn.ModuleList(
             BertEncoderLayer(embed_size, heads, forward_expansion, qkv_projection=qkv_projection,
-                             activation=activation, backend=backend, **kw)
+                             activation=activation, attention_dropout=attention_dropout,
+                             backend=backend, **kw)
             for _ in range(num_layers)
         )
         self.dropout = nn.Dropout(dropout)

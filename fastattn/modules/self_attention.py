@@ -24,6 +24,8 @@ class SelfAttention(nn.Module):
         embed_size: E.  heads: H, with E divisible by H; head_dim D = E // H.
         qkv_projection: apply the ``values/keys/queries`` projections (the guide's text);
             False reproduces the guide's printed listing, which never calls them.
+        attention_dropout: dropout on the attention weights in training mode (BERT's
+            attention_probs_dropout_prob), fused into the kernels; 0.0 (the guide's) for none.
         backend: "auto", "triton", "torch", "cuda" or None (the process default).
     Shapes:
         values, keys: (N, L_k, E); query: (N, L_q, E);
@@ -32,12 +34,16 @@ class SelfAttention(nn.Module):
     """
 
     def __init__(self, embed_size: int, heads: int, *, qkv_projection: bool = True,
-                 backend: Optional[str] = None, device=None, dtype=None):
+                 attention_dropout: float = 0.0, backend: Optional[str] = None, device=None,
+                 dtype=None):
         super().__init__()
         if embed_size % heads != 0:
             raise ValueError(f"embed_size ({embed_size}) must be divisible by heads ({heads})")
         self.embed_size, self.heads, self.head_dim = embed_size, heads, embed_size // heads
         self.qkv_projection = qkv_projection
+        if not 0.0 <= attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {attention_dropout}")
+        self.attention_dropout = float(attention_dropout)
         self.backend = backend
         kw = dict(device=device, dtype=dtype)
         self.values = nn.Linear(embed_size, embed_size, **kw)
@@ -46,8 +52,9 @@ class SelfAttention(nn.Module):
         self.fc_out = nn.Linear(embed_size, embed_size, **kw)
 
     def extra_repr(self) -> str:
+        drop = f", attention_dropout={self.attention_dropout}" if self.attention_dropout else ""
         return (f"embed_size={self.embed_size}, heads={self.heads}, "
-                f"qkv_projection={self.qkv_projection}, backend={self.backend}")
+                f"qkv_projection={self.qkv_projection}{drop}, backend={self.backend}")
 
     def _check(self, name: str, t: torch.Tensor, n: Optional[int]) -> None:
         if not isinstance(t, torch.Tensor):
@@ -55,6 +62,9 @@ class SelfAttention(nn.Module):
         if t.dim() != 3 or t.shape[-1] != self.embed_size or (n is not None and t.shape[0] != n):
             raise ValueError(f"{name} must have shape (N, L, {self.embed_size})"
                              f"{'' if n is None else f' with N={n}'}, got {tuple(t.shape)}")
+
+    def _dropout_p(self) -> float:
+        return self.attention_dropout if self.training else 0.0
 
     def _project(self, values, keys, query):
         """Q (N, L_q, E), K, V (N, L_k, E) after the projections, fused where inputs coincide."""
@@ -95,7 +105,8 @@ class SelfAttention(nn.Module):
                              f"{tuple(keys.shape)} and {tuple(values.shape)}")
         q, k, v = self._project(values, keys, query)
         split = lambda t: t.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
-        out = attention(split(q), split(k), split(v), mask, backend=self.backend)
+        out = attention(split(q), split(k), split(v), mask, dropout_p=self._dropout_p(),
+                        backend=self.backend)
         return self.fc_out(out.transpose(1, 2).reshape(n, lq, self.embed_size))
 
     def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -120,5 +131,6 @@ class SelfAttention(nn.Module):
         split = lambda t: t.unflatten(-1, (self.heads, self.head_dim))
         backend = "triton" if self.backend == "cuda" else self.backend  # no CUDA C++ varlen
         out = varlen_attention(split(q), split(k), split(v), cu_seqlens, cu_seqlens,
-                               max_seqlen, max_seqlen, backend=backend)
+                               max_seqlen, max_seqlen, dropout_p=self._dropout_p(),
+                               backend=backend)
         return self.fc_out(out.flatten(-2))

@@ -3,17 +3,21 @@
 Public functions:
 
     varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-                     causal=False, scale=None, backend=None) -> (total_q, H, D)
+                     causal=False, scale=None, dropout_p=0.0, backend=None) -> (total_q, H, D)
     unpad_input(x, key_padding_mask=None, *, lengths=None)
         -> (packed, indices, cu_seqlens, max_seqlen)
     pad_input(packed, indices, batch, seqlen) -> (batch, seqlen, ...)
 
 Ops (``fastattn`` namespace, one node each under ``torch.compile``):
 
-    fastattn::varlen_attention_fwd(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale)
+    fastattn::varlen_attention_fwd(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale,
+                                   dropout_p, seed?)
         -> (out (total_q, H, D), lse (H, total_q) fp32, natural log)
     fastattn::varlen_attention_bwd(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal,
-                                   scale) -> (dq, dk, dv)
+                                   scale, dropout_p, seed?) -> (dq, dk, dv)
+
+dropout_p / seed as in :mod:`fastattn.ops.attention`: sequence b gets the mask that batch row b
+of the padded kernels gets for the same seed.
 
 Nothing here reads a device tensor on the host: the launch grids come from the Python ints
 max_seqlen_q / max_seqlen_k.  :func:`unpad_input` is the one place that synchronises (it
@@ -27,24 +31,27 @@ from typing import Optional, Tuple
 import torch
 
 from fastattn.backends import interpreter_enabled, resolve_backend
-from fastattn.functional import _check_kernel_inputs, _check_scale, _torch_path
+from fastattn.functional import _check_dropout, _check_kernel_inputs, _check_scale, _torch_path
 from fastattn.kernels.attention_configs import block_d_for
 from fastattn.kernels.attention_varlen_configs import (
     INTERPRETER_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M, pick_varlen_config)
-from fastattn.ops.attention import _DTYPE_NAMES, _precision, _smem_limit
+from fastattn.ops.attention import (_DTYPE_NAMES, _precision, _seed_arg, _smem_limit,
+                                    draw_dropout_seed)
 from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on
 
 LOG2E = 1.4426950408889634
 
 
-def _config(kernel: str, q: torch.Tensor, max_seqlen: int):
+def _config(kernel: str, q: torch.Tensor, max_seqlen: int, dropout: bool):
     return pick_varlen_config(kernel, q.shape[-1], _DTYPE_NAMES[q.dtype], max_seqlen,
-                              _smem_limit(q.device), interpreter=interpreter_enabled())
+                              _smem_limit(q.device), interpreter=interpreter_enabled(),
+                              dropout=dropout)
 
 
 # ------------------------------------------------------------------------------ launchers
 
-def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, scale: float):
+def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, scale: float,
+                   dropout_p: float = 0.0, seed: Optional[torch.Tensor] = None):
     """Launch the forward kernel; returns (out (total_q, H, D), lse (H, total_q) fp32)."""
     from fastattn.kernels.attention_varlen import varlen_attention_fwd_kernel
 
@@ -55,20 +62,20 @@ def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, sc
     lse = torch.empty(h, total_q, dtype=torch.float32, device=q.device)
     if out.numel() == 0 or batch <= 0 or max_q <= 0:  # nothing to launch: no query rows
         return out.zero_(), lse.fill_(float("inf"))
-    cfg = _config("fwd", q, max_q)
+    cfg = _config("fwd", q, max_q, dropout_p > 0)
     grid = (cdiv(max_q, cfg.block_m) * batch * h,)
     with launch_on(q.device):
         varlen_attention_fwd_kernel[grid](
-            q, k, v, out, lse, cu_q, cu_k,
+            q, k, v, out, lse, cu_q, cu_k, _seed_arg(seed, lse, dropout_p),
             *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *out.stride()[:2],
-            h, total_q, max_q, d, int(causal), scale * LOG2E,
-            PRECISION=_precision(q.dtype), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            h, total_q, max_q, d, int(causal), scale * LOG2E, float(dropout_p),
+            PRECISION=_precision(q.dtype), DROPOUT=dropout_p > 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             BLOCK_D=block_d_for(d), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse
 
 
 def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int, causal: bool,
-                    scale: float):
+                    scale: float, dropout_p: float = 0.0, seed: Optional[torch.Tensor] = None):
     """Launch the delta preprocess, dK/dV and dQ kernels; returns (dq, dk, dv).
     Deterministic: no atomics."""
     from fastattn.kernels.attention_varlen import (
@@ -85,7 +92,8 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
         return dq.zero_(), dk.zero_(), dv.zero_()
     block_d = block_d_for(d)
     delta = torch.empty(h, total_q, dtype=torch.float32, device=q.device)
-    common = dict(PRECISION=_precision(q.dtype), BLOCK_D=block_d)
+    common = dict(PRECISION=_precision(q.dtype), DROPOUT=dropout_p > 0, BLOCK_D=block_d)
+    seed_t = _seed_arg(seed, lse, dropout_p)
     qk_scale = scale * LOG2E
     if max_k <= 0:
         dk.zero_(), dv.zero_()
@@ -98,21 +106,21 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
             out, dout, delta, 0, out.stride(1), out.stride(0), 0, dout.stride(1),
             dout.stride(0), h, total_q, d, BLOCK_M=pre_m, BLOCK_D=block_d)
         if max_k > 0:
-            cfg = _config("bwd_dkdv", q, max_k)
+            cfg = _config("bwd_dkdv", q, max_k, dropout_p > 0)
             varlen_attention_bwd_dkdv_kernel[(cdiv(max_k, cfg.block_n) * batch * h,)](
-                q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k,
+                q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, seed_t,
                 *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *dout.stride()[:2],
                 *dk.stride()[:2], *dv.stride()[:2],
-                h, total_q, max_k, d, int(causal), qk_scale, scale,
+                h, total_q, max_k, d, int(causal), qk_scale, scale, float(dropout_p),
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages, **common)
         if max_q > 0:
-            cfg = _config("bwd_dq", q, max_q)
+            cfg = _config("bwd_dq", q, max_q, dropout_p > 0)
             varlen_attention_bwd_dq_kernel[(cdiv(max_q, cfg.block_m) * batch * h,)](
-                q, k, v, dout, lse, delta, dq, cu_q, cu_k,
+                q, k, v, dout, lse, delta, dq, cu_q, cu_k, seed_t,
                 *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *dout.stride()[:2],
                 *dq.stride()[:2],
-                h, total_q, max_q, d, int(causal), qk_scale, scale,
+                h, total_q, max_q, d, int(causal), qk_scale, scale, float(dropout_p),
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages, **common)
     return dq, dk, dv
@@ -124,13 +132,16 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
 def varlen_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
                             max_seqlen_q: int, max_seqlen_k: int, causal: bool,
-                            scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+                            scale: float, dropout_p: float = 0.0,
+                            seed: Optional[torch.Tensor] = None
+                            ) -> Tuple[torch.Tensor, torch.Tensor]:
     return varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                          causal, scale)
+                          causal, scale, dropout_p, seed)
 
 
 @varlen_attention_fwd_op.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale):
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+      dropout_p=0.0, seed=None):
     total_q, h, _ = q.shape
     return q.new_empty(q.shape), q.new_empty(h, total_q, dtype=torch.float32)
 
@@ -140,30 +151,33 @@ def varlen_attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor
                             v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                             cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
                             max_seqlen_q: int, max_seqlen_k: int, causal: bool,
-                            scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                            scale: float, dropout_p: float = 0.0,
+                            seed: Optional[torch.Tensor] = None
+                            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                           max_seqlen_k, causal, scale)
+                           max_seqlen_k, causal, scale, dropout_p, seed)
 
 
 @varlen_attention_bwd_op.register_fake
 def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-      scale):
+      scale, dropout_p=0.0, seed=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_q, cu_k, max_q, max_k, causal, scale = inputs
+    q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, dropout_p, seed = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, seed)
     ctx.max_q, ctx.max_k, ctx.causal, ctx.scale = max_q, max_k, causal, scale
+    ctx.dropout_p = dropout_p
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    q, k, v, out, lse, cu_q, cu_k, seed = ctx.saved_tensors
     dq, dk, dv = varlen_attention_bwd_op(dout, q, k, v, out, lse, cu_q, cu_k, ctx.max_q,
-                                         ctx.max_k, ctx.causal, ctx.scale)
-    return dq, dk, dv, None, None, None, None, None, None
+                                         ctx.max_k, ctx.causal, ctx.scale, ctx.dropout_p, seed)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 varlen_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -207,7 +221,7 @@ def _check_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
             raise ValueError(f"{name} must be >= 0, got {m}")
 
 
-def _torch_varlen(q, k, v, cu_q, cu_k, causal, scale):
+def _torch_varlen(q, k, v, cu_q, cu_k, causal, scale, dropout_p=0.0):
     """Plain PyTorch, one sequence at a time (reads cu_seqlens on the host)."""
     outs = []
     bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
@@ -220,12 +234,13 @@ def _torch_varlen(q, k, v, cu_q, cu_k, causal, scale):
             outs.append(qb * 0)
             continue
         ob = _torch_path(*(t.transpose(0, 1)[None] for t in (qb, kb, vb)), None, 0, causal,
-                         scale)
+                         scale, dropout_p)
         outs.append(ob[0].transpose(0, 1))
     return torch.cat(outs, 0) if outs else q.new_zeros(q.shape)
 
 
-def _torch_varlen_traced(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, scale):
+def _torch_varlen_traced(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, scale,
+                         dropout_p=0.0):
     """Plain PyTorch without host reads, for torch.compile / torch.export: each sequence is
     gathered into a (B, max_seqlen, H, D) padded batch, attended with a key-padding mask and
     gathered back; rows in no sequence (or past max_seqlen) give 0."""
@@ -246,7 +261,7 @@ def _torch_varlen_traced(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, sc
     # A sequence without keys attends its zero rows (finite, so no NaN gradient), then gives 0.
     has_keys = key_valid.any(1)[:, None, None, None]
     keep = (key_valid | ~key_valid.any(1, keepdim=True))[:, None, None, :]
-    out = _torch_path(qp, kp, vp, keep, 3, causal, scale)  # 3: keep where True, -inf elsewhere
+    out = _torch_path(qp, kp, vp, keep, 3, causal, scale, dropout_p)  # 3: True kept, -inf else
     out = torch.where(has_keys, out, 0.0)
     # token i of the packed queries: sequence seq[i], position i - cu_q[seq[i]]
     tokens = torch.arange(q.shape[0], device=q.device, dtype=cu_q.dtype)
@@ -262,7 +277,8 @@ def _torch_varlen_traced(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, sc
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
                      max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
-                     scale: Optional[float] = None, backend: Optional[str] = None) -> torch.Tensor:
+                     scale: Optional[float] = None, dropout_p: float = 0.0,
+                     backend: Optional[str] = None) -> torch.Tensor:
     """Attention over B sequences packed without padding (like ``flash_attn_varlen_func``).
 
     Sequence b's queries ``q[cu_seqlens_q[b]:cu_seqlens_q[b+1]]`` attend its keys
@@ -287,6 +303,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 query 1  x x . .
 
         scale: multiplies Q K^T; default 1/sqrt(D).
+        dropout_p: attention dropout in [0, 1), as :func:`fastattn.attention`'s (sequence b
+            gets the mask of batch row b there, for the same seed).
         backend: "auto", "triton", "torch" or None (the process default).  "torch" loops over
             the sequences in plain PyTorch and reads cu_seqlens on the host; under
             torch.compile / torch.export it gathers the sequences into a padded
@@ -300,18 +318,21 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     scale = _check_scale(scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    dropout_p = _check_dropout(dropout_p)
     chosen = resolve_backend(backend, q.device)
     if chosen == "torch":
         if torch.compiler.is_compiling():
             return _torch_varlen_traced(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                        max_seqlen_k, bool(causal), scale)
-        return _torch_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, bool(causal), scale)
+                                        max_seqlen_k, bool(causal), scale, dropout_p)
+        return _torch_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, bool(causal), scale,
+                             dropout_p)
     if chosen != "triton":
         raise ValueError(f"varlen_attention supports the 'triton' and 'torch' backends, "
                          f"got backend={backend!r}")
     _check_kernel_inputs(q)
+    seed = draw_dropout_seed(q.device) if dropout_p > 0 else None
     return varlen_attention_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                   max_seqlen_k, bool(causal), scale)[0]
+                                   max_seqlen_k, bool(causal), scale, dropout_p, seed)[0]
 
 
 # ------------------------------------------------------------------------- pack / unpack

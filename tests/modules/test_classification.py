@@ -130,6 +130,9 @@ def test_bad_arguments():
         BertForSequenceClassification(VOCAB, CLASSES, pad_id=VOCAB, **SMALL)
     with pytest.raises(ValueError, match="activation"):
         BertForSequenceClassification(VOCAB, CLASSES, activation="gelu", reference=True, **SMALL)
+    with pytest.raises(ValueError, match="attention_dropout"):
+        BertForSequenceClassification(VOCAB, CLASSES, attention_dropout=0.1, reference=True,
+                                      **SMALL)
     with pytest.raises(TypeError, match="input_ids must be a torch.Tensor"):
         model(ids.tolist())
     with pytest.raises(ValueError, match="input_ids must be"):
@@ -142,3 +145,19 @@ def test_bad_arguments():
         model(ids, mask[:, :-1])
     with pytest.raises(TypeError, match="attention_mask must be a torch.Tensor"):
         model(ids, mask.tolist())
+
+
+def test_training_with_attention_dropout():
+    """attention_dropout reaches every layer: losses differ from the run without it, repeat
+    with the same seed, and stay finite; eval ignores it."""
+    batches = [_batch(seed=i) for i in range(2)]
+    runs = {}
+    for p in (0.0, 0.3, 0.3):
+        torch.manual_seed(3)
+        model = BertForSequenceClassification(VOCAB, CLASSES, attention_dropout=p,
+                                              backend="triton", **SMALL).to(DEVICE)
+        assert all(layer.attention.attention_dropout == p for layer in model.encoder.layers)
+        runs.setdefault(p, []).append(_train(model, batches, torch.float32, 3))
+    assert torch.isfinite(runs[0.3][0]).all()
+    assert torch.equal(runs[0.3][0], runs[0.3][1])
+    assert not torch.allclose(runs[0.3][0], runs[0.0][0])

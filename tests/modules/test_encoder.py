@@ -204,3 +204,34 @@ def test_encoder_bad_inputs():
         fused(torch.ones(1, MAX_LEN + 1, dtype=torch.long, device=DEVICE), None)
     with pytest.raises(ValueError, match="divisible"):
         BertEncoderLayer(30, 4, 2)
+
+
+def test_attention_dropout_packed_and_padded_paths_agree():
+    """Training with attention dropout: the packed path (varlen kernels) and the padded path
+    draw the same seeds in the same order and give the same masks to the real tokens, so the
+    two agree on every real token, forward and backward; eval mode has no dropout at all."""
+    kw = dict(attention_dropout=0.3, backend="triton")
+    packed = BertEncoder(VOCAB, E, 2, HEADS, FE, 0.0, MAX_LEN, unpad=True, **kw).to(DEVICE)
+    padded = BertEncoder(VOCAB, E, 2, HEADS, FE, 0.0, MAX_LEN, unpad=False, **kw).to(DEVICE)
+    padded.load_state_dict(packed.state_dict())
+    lengths = torch.tensor([1, 17, 9], device=DEVICE)
+    keep = torch.arange(17, device=DEVICE)[None, :] < lengths[:, None]
+    ids = torch.randint(1, VOCAB, (3, 17), device=DEVICE)
+    outs = {}
+    for name, model in (("packed", packed), ("padded", padded)):
+        torch.manual_seed(7)
+        out = model.train()(ids, keep)
+        w = torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out) * keep[..., None]
+        (out * w).sum().backward()
+        outs[name] = out.detach()
+    torch.testing.assert_close(outs["packed"][keep], outs["padded"][keep], rtol=1e-5, atol=1e-5)
+    for (name, a), b in zip(packed.named_parameters(), padded.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        train_again = packed(ids, keep)
+        evaluated = packed.eval()(ids, keep)
+    assert torch.equal(train_again, outs["packed"])  # same seed, same masks
+    assert (evaluated - train_again)[keep].abs().max() > 1e-3  # dropout did run in training
+    with torch.no_grad():
+        assert torch.equal(evaluated, packed(ids, keep))

@@ -118,3 +118,35 @@ def test_opcheck_on_the_custom_ops():
     mask = torch.rand(1, 1, 1, 17, device=DEVICE) > 0.3
     torch.library.opcheck(attention_fwd_op, (q, k, v, mask, 1, False, 0.25))
     torch.library.opcheck(attention_fwd_op, (q, k, v, None, 0, True, 0.25))
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_attention_dropout_in_training_only(backend):
+    """Training mode: the attention weights are dropped — for the Triton kernels exactly with
+    the mask of the seed drawn from torch's generator; eval mode equals the reference module."""
+    from fastattn.ops.attention import draw_dropout_seed, dropout_keep_mask
+    from fastattn.reference import attention_reference
+
+    e, h, p = 32, 2, 0.4
+    ref = reference.SelfAttention(e, h).to(DEVICE)
+    fused = fastattn.SelfAttention(e, h, attention_dropout=p, backend=backend).to(DEVICE)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 17, e, device=DEVICE)
+    mask = torch.rand(2, 17, device=DEVICE) > 0.2
+    torch.manual_seed(5)
+    trained = fused.train()(x, x, x, mask)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.eval()(x, x, x, mask), ref(x, x, x, mask),
+                                   rtol=1e-5, atol=1e-5)
+    assert (trained - ref(x, x, x, mask)).abs().max() > 1e-3
+    assert "attention_dropout=0.4" in repr(fused)
+    if backend == "triton":
+        torch.manual_seed(5)
+        keep = dropout_keep_mask(draw_dropout_seed(x.device), (2, h, 17, 17), p)
+        split = lambda t: t.unflatten(-1, (h, e // h)).transpose(1, 2)
+        q, k, v = (split(lin(x)) for lin in (ref.queries, ref.keys, ref.values))
+        att = attention_reference(q, k, v, mask, dropout_mask=keep, dropout_p=p)
+        expected = ref.fc_out(att.transpose(1, 2).reshape(2, 17, e))
+        torch.testing.assert_close(trained, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="attention_dropout"):
+        fastattn.SelfAttention(e, h, attention_dropout=1.0)

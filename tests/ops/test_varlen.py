@@ -195,6 +195,61 @@ def test_opcheck_on_the_custom_ops():
                           test_utils=("test_schema", "test_faketensor"))
 
 
+def test_opcheck_with_dropout():
+    lens = [3, 9]
+    q, k, v = (t.requires_grad_() for t in _inputs(lens, lens, 1, 16, torch.float32))
+    seed = torch.tensor([5], dtype=torch.int64, device=DEVICE)
+    torch.library.opcheck(varlen_attention_fwd_op,
+                          (q, k, v, _cu(lens), _cu(lens), 9, 9, False, 0.25, 0.3, seed))
+
+
+# ------------------------------------------------------------------------------ dropout
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_dropout_equals_the_padded_kernel_with_the_same_seed(causal):
+    """Sequence b gets the dropout mask of batch row b of the padded kernel: outputs and
+    gradients are those of the padded kernel with a key-padding mask, on the real tokens."""
+    from fastattn.ops.attention import triton_attention
+
+    lens, h, d, p = [5, 17, 1, 33], 2, 16, 0.3
+    q, k, v = (t.requires_grad_() for t in _inputs(lens, lens, h, d, torch.float32))
+    cu, seed = _cu(lens), torch.tensor([20261129], dtype=torch.int64, device=DEVICE)
+    out = varlen_attention_fwd_op(q, k, v, cu, cu, max(lens), max(lens), causal, 0.25, p,
+                                  seed)[0]
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    lengths = torch.tensor(lens, device=DEVICE)
+    keep = torch.arange(max(lens), device=DEVICE)[None, :] < lengths[:, None]
+    idx = keep.flatten().nonzero().squeeze(1)
+    padded = [pad_input(t.detach(), idx, len(lens), max(lens)).transpose(1, 2).requires_grad_()
+              for t in (q, k, v)]
+    ref = triton_attention(*padded, keep[:, None, None, :], 3, causal, 0.25, p, seed)
+    ref_grads = torch.autograd.grad(ref, padded, pad_input(dout, idx, len(lens), max(lens))
+                                    .transpose(1, 2))
+    unpad = lambda t: t.transpose(1, 2).reshape(-1, h, d)[idx]
+    torch.testing.assert_close(out, unpad(ref), rtol=1e-6, atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, unpad(r), rtol=1e-6, atol=1e-6)
+    plain = varlen_attention(q, k, v, cu, cu, max(lens), max(lens), causal=causal, scale=0.25,
+                             backend="triton")
+    assert (plain - out).abs().max() > 0.05  # dropout really ran
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_dropout_public_function(backend):
+    lens = [4, 9]
+    q, k, v = _inputs(lens, lens, 2, 16, torch.float32)
+    cu = _cu(lens)
+    torch.manual_seed(3)
+    a = varlen_attention(q, k, v, cu, cu, 9, 9, dropout_p=0.5, backend=backend)
+    torch.manual_seed(3)
+    b = varlen_attention(q, k, v, cu, cu, 9, 9, dropout_p=0.5, backend=backend)
+    plain = varlen_attention(q, k, v, cu, cu, 9, 9, backend=backend)
+    assert torch.equal(a, b) and not torch.allclose(a, plain) and torch.isfinite(a).all()
+    with pytest.raises(ValueError, match="dropout_p"):
+        varlen_attention(q, k, v, cu, cu, 9, 9, dropout_p=1.0, backend=backend)
+
+
 # ------------------------------------------------------------------------------ bad inputs
 
 def _good():
