@@ -83,6 +83,29 @@ def _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _dropout_state(SEED, dropout_p, DROPOUT: tl.constexpr):
+    """(Philox key, 1 / (1 - dropout_p)) when DROPOUT, else (0, 1.0); SEED is not read then."""
+    seed = 0
+    drop_scale = 1.0
+    if DROPOUT:
+        seed = tl.load(SEED)
+        drop_scale = 1.0 / (1.0 - dropout_p)
+    return seed, drop_scale
+
+
+@triton.jit
+def _dv_and_dropout(p, do, dp, seed, bh, offs_m, start_n, dropout_p, drop_scale,
+                    DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """Backward through dropout for one (BLOCK_M, BLOCK_N) tile: returns this tile's dV term
+    (P Z / (1 - p))^T dO and dP = (dO V^T) Z / (1 - p) (plain P^T dO and dO V^T without it)."""
+    if DROPOUT:
+        kept = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
+        p = tl.where(kept, p * drop_scale, 0.0)
+        dp = tl.where(kept, dp * drop_scale, 0.0)
+    return tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION), dp
+
+
+@triton.jit
 def attention_dropout_mask_kernel(SEED, Z, L_q, L_k, dropout_p,
                                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Z (N·H, L_q, L_k) uint8 contiguous: the dropout keep mask the attention kernels use for
@@ -168,9 +191,7 @@ def attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(SEED)
+    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
 
     hi = L_k
     if causal:
@@ -200,7 +221,7 @@ def attention_fwd_kernel(
     has_any = l_i > 0.0  # False only when every score was -inf (additive -inf masks)
     l_safe = tl.where(has_any, l_i, 1.0)
     if DROPOUT:
-        out = acc / (l_safe * (1.0 - dropout_p))[:, None]
+        out = acc * (drop_scale / l_safe)[:, None]
     else:
         out = acc / l_safe[:, None]
     lse = tl.where(has_any, (m_i + tl.math.log2(l_safe)) * LN2, float("inf"))
@@ -278,11 +299,7 @@ def attention_bwd_dkdv_kernel(
     v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    seed = 0
-    drop_scale = 1.0
-    if DROPOUT:
-        seed = tl.load(SEED)
-        drop_scale = 1.0 / (1.0 - dropout_p)
+    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
 
     lo = 0
     if causal:
@@ -308,13 +325,9 @@ def attention_bwd_dkdv_kernel(
         s, keep = _apply_masks(s, mask, offs_m, offs_n, L_k, causal, masked_score, MASK_KIND)
         p = _probabilities(s, lse2, offs_m, L_k, causal, MASK_KIND)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        if DROPOUT:  # dV = (P Z / (1 - p))^T dO;  dP = dO V^T Z / (1 - p)
-            kept = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
-            pd = tl.where(kept, p * drop_scale, 0.0)
-            dv += tl.dot(tl.trans(pd.to(do.dtype)), do, input_precision=PRECISION)
-            dp = tl.where(kept, dp * drop_scale, 0.0)
-        else:
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        dv_tile, dp = _dv_and_dropout(p, do, dp, seed, bh, offs_m, start_n, dropout_p,
+                                      drop_scale, DROPOUT, BLOCK_N, PRECISION)
+        dv += dv_tile
         ds = p * (dp - delta[:, None])
         if MASK_KIND == 1:
             ds = tl.where(keep, ds, 0.0)  # a replaced score has no gradient
@@ -364,11 +377,7 @@ def attention_bwd_dq_kernel(
     lse2 = tl.load(LSE + bh * L_q + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + bh * L_q + offs_m, mask=offs_m < L_q, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    seed = 0
-    drop_scale = 1.0
-    if DROPOUT:
-        seed = tl.load(SEED)
-        drop_scale = 1.0 / (1.0 - dropout_p)
+    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
 
     kT_ptr = tl.make_block_ptr(K + z * stride_kz + h * stride_kh, shape=(D, L_k),
                                strides=(1, stride_kn), offsets=(0, 0),

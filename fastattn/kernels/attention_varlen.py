@@ -34,7 +34,8 @@ import triton
 import triton.language as tl
 
 from fastattn.kernels.attention import (  # noqa: F401  (preprocess re-exported for launchers)
-    LN2, LOG2E, _apply_masks, _dropout_keep, _probabilities, _program_tile,
+    LN2, LOG2E, _apply_masks, _dropout_keep, _dropout_state, _dv_and_dropout,
+    _probabilities, _program_tile,
     attention_bwd_preprocess_kernel)
 
 
@@ -80,9 +81,7 @@ def varlen_attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(SEED)
+    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
 
     hi = L_k
     if causal:
@@ -107,7 +106,7 @@ def varlen_attention_fwd_kernel(
     has_any = l_i > 0.0  # False only for a sequence without keys
     l_safe = tl.where(has_any, l_i, 1.0)
     if DROPOUT:
-        out = acc / (l_safe * (1.0 - dropout_p))[:, None]
+        out = acc * (drop_scale / l_safe)[:, None]
     else:
         out = acc / l_safe[:, None]
     lse = tl.where(has_any, (m_i + tl.math.log2(l_safe)) * LN2, float("inf"))
@@ -148,11 +147,7 @@ def varlen_attention_bwd_dkdv_kernel(
     v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    seed = 0
-    drop_scale = 1.0
-    if DROPOUT:
-        seed = tl.load(SEED)
-        drop_scale = 1.0 / (1.0 - dropout_p)
+    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
 
     lo = 0
     if causal:
@@ -174,13 +169,9 @@ def varlen_attention_bwd_dkdv_kernel(
         s, _ = _apply_masks(s, 0, offs_m, offs_n, L_k, causal, 0.0, 0)
         p = _probabilities(s, lse2, offs_m, L_k, causal, 0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        if DROPOUT:  # as in the padded kernel
-            kept = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
-            pd = tl.where(kept, p * drop_scale, 0.0)
-            dv += tl.dot(tl.trans(pd.to(do.dtype)), do, input_precision=PRECISION)
-            dp = tl.where(kept, dp * drop_scale, 0.0)
-        else:
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        dv_tile, dp = _dv_and_dropout(p, do, dp, seed, bh, offs_m, start_n, dropout_p,
+                                      drop_scale, DROPOUT, BLOCK_N, PRECISION)
+        dv += dv_tile
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
         q_ptr = tl.advance(q_ptr, (BLOCK_M, 0))
@@ -228,11 +219,7 @@ def varlen_attention_bwd_dq_kernel(
     lse2 = tl.load(LSE + stats + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + stats + offs_m, mask=offs_m < L_q, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    seed = 0
-    drop_scale = 1.0
-    if DROPOUT:
-        seed = tl.load(SEED)
-        drop_scale = 1.0 / (1.0 - dropout_p)
+    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
 
     kT_ptr = tl.make_block_ptr(K + k_start * stride_kt + h * stride_kh, shape=(D, L_k),
                                strides=(1, stride_kt), offsets=(0, 0),
