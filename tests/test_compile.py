@@ -33,8 +33,6 @@ from fastattn.ops.layer_norm import layer_norm_bwd_op, layer_norm_fwd_op
 from fastattn.ops.varlen import varlen_attention_bwd_op, varlen_attention_fwd_op
 from tests.helpers import DEVICE, GRAD_FACTOR, assert_close_to_reference
 
-pytestmark = pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
-
 E, HEADS, FE, VOCAB, MAX_LEN, CLASSES = 32, 2, 2, 50, 40, 3
 SAME_PATH = dict(rtol=1e-6, atol=1e-6)
 BACKENDS = [pytest.param("triton", id="triton"), pytest.param(None, id="default")]

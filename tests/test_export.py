@@ -15,8 +15,6 @@ from torch.export import Dim
 import fastattn
 from tests.helpers import DEVICE
 
-pytestmark = pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
-
 E, HEADS, FE, VOCAB, MAX_LEN, CLASSES = 32, 2, 2, 30, 40, 3
 SAME_PATH = dict(rtol=1e-6, atol=1e-6)
 SHAPES = [(3, 9), (2, 17)]
