@@ -1,149 +1,123 @@
-"""Ahead-of-time compilation of every shipped Triton kernel configuration, with no GPU.
+"""Ahead-of-time compile of the Triton kernels, with no GPU: what ``fastattn kernels`` runs.
 
-Each kernel family lists its configurations as *specs* (``aot_specs(capability_major)`` in its
-config module): the jit function, argument types in order, constexpr values, warps and stages.
-:func:`compile_spec` compiles one for a target such as sm_90a with ``triton.compile`` and reads
-its resources with the ptxas that ships with Triton (``ptxas -v``): registers, spill bytes,
-shared memory (Triton's dynamic allocation), and whether tensor-core instructions (``mma`` on
-sm_80, ``wgmma`` on sm_90a) were emitted.  ``fastattn kernels`` prints the table.
+Two views, both compiled with the exact specialization the launcher's JIT call gets
+(:mod:`fastattn.launch_capture`: the real launchers run on CPU tensors, their launches are
+captured and bound by Triton's own binder) and read from the cubin's SASS
+(:mod:`fastattn.sass`):
 
-Must run without ``TRITON_INTERPRET`` (interpreted functions cannot be compiled); the CLI and
-the tests call it in a subprocess with the variable removed.
+* :func:`sweep` — every configuration the launchers can pick (:mod:`fastattn.kernel_sweep`),
+  for sm_80 and sm_90a; ``sample`` compiles a deterministic stratified subset (``sample``
+  specializations per kernel x arch x dtype x head_dim group) when the whole sweep costs too
+  much (it has ~930 distinct specializations per arch).
+* :func:`bert` — the kernels a BERT encoder launches (:func:`fastattn.kernel_cases.bert_cases`),
+  with the hot-loop figures; ``dump`` writes each ``<name>.cubin`` and ``kernels.json``.
+
+Must run without ``TRITON_INTERPRET`` (interpreted functions cannot be compiled); the CLI
+re-executes itself without the variable.
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
+import json
 import os
-import re
-import subprocess
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
-from typing import Dict, Iterable, List, Optional
+import random
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-# Kernel families: modules that define ``aot_specs(capability_major)``.
-SPEC_PROVIDERS = [
-    "fastattn.kernels.attention_configs",
-    "fastattn.kernels.attention_varlen_configs",
-    "fastattn.kernels.layer_norm_configs",
-    "fastattn.kernels.matmul_configs",
-]
+from fastattn import kernel_report
+from fastattn.launch_capture import ARCHS
 
-ARCHS = {"sm_80": 80, "sm_90a": 90}
+Row = Dict[str, Any]
 
 
-@dataclasses.dataclass
-class KernelResources:
-    kernel: str
-    config: str
-    arch: str
-    registers: int = -1
-    spill_stores: int = -1
-    spill_loads: int = -1
-    shared_bytes: int = -1
-    tensor_cores: str = ""
-    error: Optional[str] = None
-    head_dim: Optional[int] = None
-
-    @property
-    def spills(self) -> int:
-        return max(self.spill_stores, 0) + max(self.spill_loads, 0)
-
-
-def all_specs(capability_major: int, families: Optional[Iterable[str]] = None) -> List[dict]:
-    specs = []
-    for module in SPEC_PROVIDERS:
-        for spec in importlib.import_module(module).aot_specs(capability_major):
-            if families is None or any(spec["kernel"].startswith(f) for f in families):
-                specs.append(spec)
-    return specs
-
-
-def _ptxas() -> str:
-    import triton.backends.nvidia as nv
-
-    path = os.path.join(os.path.dirname(nv.__file__), "bin", "ptxas")
-    return os.environ.get("TRITON_PTXAS_PATH", path)
-
-
-def _parse_ptxas(text: str, res: KernelResources) -> None:
-    m = re.search(r"Used (\d+) registers", text)
-    res.registers = int(m.group(1)) if m else -1
-    m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
-    if m:
-        res.spill_stores, res.spill_loads = int(m.group(1)), int(m.group(2))
-
-
-def compile_spec(spec: dict, arch: str) -> KernelResources:
-    """Compile one spec for ``arch`` ("sm_80" or "sm_90a") and measure it."""
-    res = KernelResources(spec["kernel"], spec["config"], arch, head_dim=spec.get("head_dim"))
-    try:
-        import triton
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource
-
-        module, name = spec["fn"].split(":")
-        fn = getattr(importlib.import_module(module), name)
-        signature = dict(zip(fn.arg_names, spec["signature"].values()))
-        src = ASTSource(fn=fn, signature=signature, constexprs=spec["constexprs"])
-        compiled = triton.compile(
-            src, target=GPUTarget("cuda", ARCHS[arch], 32),
-            options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]})
-        ptx = compiled.asm["ptx"]
-        res.shared_bytes = int(compiled.metadata.shared)
-        ops = [op for op in ("wgmma", "mma.sync") if op in ptx]
-        res.tensor_cores = ",".join(op.split(".")[0] for op in ops) or "no"
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "k.ptx")
-            with open(path, "w") as f:
-                f.write(ptx)
-            target = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1)
-            out = subprocess.run([_ptxas(), "-v", f"--gpu-name={target}", path,
-                                  "-o", os.path.join(tmp, "k.cubin")],
-                                 capture_output=True, text=True, check=True)
-        _parse_ptxas(out.stdout + out.stderr, res)
-    except Exception as exc:  # reported in the table, and a failure in the tests
-        res.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-    return res
-
-
-def _compile_star(args):
-    return compile_spec(*args)
-
-
-def compile_all(archs: Iterable[str] = tuple(ARCHS), families: Optional[Iterable[str]] = None,
-                jobs: Optional[int] = None, progress: bool = False) -> List[KernelResources]:
-    """Compile every spec for every arch, in parallel processes."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+def _check_env() -> None:
+    if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on"):
         raise RuntimeError("ahead-of-time compilation needs TRITON_INTERPRET unset")
-    work = [(spec, arch) for arch in archs for spec in all_specs(ARCHS[arch] // 10, families)]
-    jobs = jobs or max(1, os.cpu_count() or 1)
-    with ProcessPoolExecutor(jobs) as pool:
-        it = pool.map(_compile_star, work, chunksize=4)
-        if progress:
-            try:
-                from tqdm import tqdm
-                it = tqdm(it, total=len(work), desc="compiling", unit="kernel")
-            except ImportError:
-                pass
-        return list(it)
 
 
-def format_table(rows: List[KernelResources]) -> str:
-    """A Markdown table: kernel x config x arch with registers, spills, shared memory, MMA."""
-    lines = ["| kernel | config | arch | regs | spill B (st/ld) | smem B | tensor cores | status |",
-             "|---|---|---|---:|---:|---:|---|---|"]
-    for r in rows:
-        status = "ok" if r.error is None else r.error
-        lines.append(f"| {r.kernel} | {r.config} | {r.arch} | {r.registers} | "
-                     f"{r.spill_stores}/{r.spill_loads} | {r.shared_bytes} | {r.tensor_cores} | "
-                     f"{status} |")
-    return "\n".join(lines)
+def stratum(labels: Row) -> tuple:
+    """The sampling group of a sweep row: kernel, arch, dtype, head_dim."""
+    return labels["kernel"], labels["arch"], labels.get("dtype"), labels.get("head_dim")
 
 
-def summary(rows: List[KernelResources]) -> Dict[str, int]:
+def sample_planned(planned, sample: int, seed: int = 0):
+    """Keep ``sample`` distinct specializations per :func:`stratum` (chosen with ``seed``)."""
+    groups: Dict[tuple, List[tuple]] = {}
+    for labels, key in planned:
+        group = groups.setdefault(stratum(labels), [])
+        if key not in group:
+            group.append(key)
+    rng = random.Random(seed)
+    chosen = set()
+    for group_key in sorted(groups, key=str):
+        keys = groups[group_key]
+        chosen.update(rng.sample(keys, min(sample, len(keys))))
+    return [(labels, key) for labels, key in planned if key in chosen]
+
+
+def sweep(archs: Iterable[str] = tuple(ARCHS), families: Optional[Sequence[str]] = None,
+          jobs: Optional[int] = None, sample: Optional[int] = None, seed: int = 0,
+          progress: bool = False) -> List[Row]:
+    """One row per distinct specialization of every pickable configuration.
+
+    ``families``: kernel-name prefixes (``attention_fwd``, ``varlen``, ``layer_norm``,
+    ``matmul``...).  ``sample``: per-stratum count (None: everything).
+    """
+    from fastattn.kernel_sweep import sweep_cases
+
+    _check_env()
+    planned, sources = kernel_report.plan_cases(sweep_cases(), list(archs))
+    if families:
+        planned = [(lb, k) for lb, k in planned
+                   if any(lb["name"].startswith(f) for f in families)]
+    if sample is not None:
+        planned = sample_planned(planned, sample, seed)
+    return kernel_report.compile_planned(planned, sources, jobs, progress=progress, unique=True)
+
+
+def bert(archs: Iterable[str] = ("sm_90a",), jobs: Optional[int] = None,
+         dump: Optional[str] = None, only: Optional[Sequence[str]] = None,
+         families: Optional[Sequence[str]] = None, progress: bool = False) -> List[Row]:
+    """Rows of the BERT cases; with ``dump``, cubins and ``kernels.json`` in that folder.
+    ``only``: keep rows whose name contains one of these; ``families``: name prefixes."""
+    from fastattn.kernel_cases import bert_cases
+
+    _check_env()
+    planned, sources = kernel_report.plan_cases(bert_cases(), list(archs),
+                                                list(only) if only else None)
+    if families:
+        planned = [(lb, k) for lb, k in planned
+                   if any(lb["name"].startswith(f) for f in families)]
+    rows = kernel_report.compile_planned(planned, sources, jobs, dump, progress)
+    if dump:
+        os.makedirs(dump, exist_ok=True)
+        with open(os.path.join(dump, "kernels.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+def tables(rows: List[Row]) -> str:
+    """Markdown: the attention (and other) rows, then the GEMM rows."""
+    gemm = [r for r in rows if r.get("kernel") == "matmul"]
+    other = [r for r in rows if r.get("kernel") != "matmul"]
+    parts = []
+    if other:
+        parts.append(kernel_report.format_table(other, kernel_report.COLUMNS))
+    if gemm:
+        parts.append(kernel_report.format_table(gemm, kernel_report.GEMM_COLUMNS))
+    return "\n\n".join(parts)
+
+
+SWEEP_COLUMNS = ["name", "kernel", "arch", "block_m", "block_n", "num_warps", "num_stages",
+                 "registers", "spill_bytes", "shared_bytes", "tma", "mma", "loop_instructions",
+                 "loop_mma", "divisible"]
+
+
+def sweep_table(rows: List[Row]) -> str:
+    return kernel_report.format_table(rows, SWEEP_COLUMNS)
+
+
+def summary(rows: List[Row]) -> Dict[str, int]:
     return {
-        "compiled": sum(r.error is None for r in rows),
-        "failed": sum(r.error is not None for r in rows),
-        "with_spills": sum(r.error is None and r.spills > 0 for r in rows),
+        "compiled": sum(r["error"] is None for r in rows),
+        "failed": sum(r["error"] is not None for r in rows),
+        "with_spills": sum(r["error"] is None and (r.get("spill_bytes") or 0) > 0 for r in rows),
     }

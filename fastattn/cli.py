@@ -3,8 +3,10 @@
 * ``fastattn bench``   — benchmark fastattn against eager PyTorch and SDPA (see ``--help``).
 * ``fastattn check``   — what is installed, which backends run here and why not, and a small
   correctness check of every available backend against the reference.
-* ``fastattn kernels`` — compile every shipped Triton configuration ahead of time for sm_80 and
-  sm_90a (no GPU needed) and print registers, spills, shared memory and tensor-core use.
+* ``fastattn kernels`` — compile every configuration the launchers can pick ahead of time for
+  sm_80 and sm_90a (no GPU needed), with the specialization the JIT gives real inputs, and print
+  registers, spills, shared memory and tensor-core use; ``--cases bert`` the kernels a BERT
+  encoder launches with their hot-loop instruction mix (``--dump DIR``: cubins + kernels.json).
 """
 from __future__ import annotations
 
@@ -65,19 +67,23 @@ def _cmd_kernels(args) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         return subprocess.call([sys.executable, "-m", "fastattn.cli", *sys.argv[1:]], env=env)
-    from fastattn import aot
+    from fastattn import aot, csrc_build
 
-    from fastattn import csrc_build
-
-    rows = aot.compile_all(archs=args.arch, families=args.family, jobs=args.jobs,
-                           progress=sys.stderr.isatty())
-    tables = ["## Triton kernels (triton.compile + ptxas -v)\n", aot.format_table(rows)]
-    failed = aot.summary(rows)["failed"]
+    progress = sys.stderr.isatty()
+    if args.cases == "bert":
+        rows = aot.bert(archs=args.arch, jobs=args.jobs, dump=args.dump, only=args.only,
+                        families=args.family, progress=progress)
+        tables = ["## BERT kernels (launcher specialization, SASS hot loop)\n", aot.tables(rows)]
+    else:
+        rows = aot.sweep(archs=args.arch, families=args.family, jobs=args.jobs,
+                         sample=args.sample, seed=args.seed, progress=progress)
+        tables = ["## Triton kernels (launcher specialization, triton.compile, cuobjdump)\n",
+                  aot.sweep_table(rows)]
     print(tables[-1])
-    print("\n{compiled} compiled, {failed} failed, {with_spills} with spills".format(
-        **aot.summary(rows)))
-    crows = []
-    want_cuda = args.family is None and not args.triton_only
+    counts = aot.summary(rows)
+    print("\n{compiled} compiled, {failed} failed, {with_spills} with spills".format(**counts))
+    failed = counts["failed"]
+    want_cuda = args.family is None and not args.triton_only and args.cases is None
     if want_cuda and csrc_build.find_nvcc() and csrc_build.csrc_root():
         crows = csrc_build.compile_all(archs=args.arch, jobs=args.jobs)
         tables += ["\n## CUDA C++ kernels (nvcc -Xptxas -v)\n", csrc_build.format_table(crows)]
@@ -89,7 +95,7 @@ def _cmd_kernels(args) -> int:
         print("\nCUDA C++ kernels: not compiled (nvcc or csrc/ not found)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([r.__dict__ for r in rows], f, indent=1)
+            json.dump(rows, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("\n".join(tables) + "\n")
@@ -118,7 +124,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     k.add_argument("--triton-only", action="store_true", help="skip the CUDA C++ kernels")
     k.add_argument("--json", help="also write the Triton rows as JSON here")
     k.add_argument("--markdown", help="also write the table as Markdown here")
+    k.add_argument("--cases", choices=["bert"], default=None,
+                   help="compile the kernels a BERT encoder launches (attention fwd/bwd padded "
+                        "and varlen, feed-forward GEMMs) with their hot-loop figures")
+    k.add_argument("--dump", metavar="DIR",
+                   help="with --cases: write <name>.cubin and kernels.json in DIR")
+    k.add_argument("--only", nargs="+", metavar="SUBSTR",
+                   help="with --cases: keep the rows whose name contains one of these")
+    k.add_argument("--sample", type=int, default=None, metavar="K",
+                   help="sweep: compile K specializations per kernel x arch x dtype x head_dim "
+                        "(default: all)")
+    k.add_argument("--seed", type=int, default=0, help="sweep: seed of --sample's choice")
     args = parser.parse_args(argv)
+    if args.cmd == "kernels" and args.cases is None and (args.dump or args.only):
+        parser.error("--dump and --only go with --cases")
     return {"check": _cmd_check, "kernels": _cmd_kernels}[args.cmd](args)
 
 

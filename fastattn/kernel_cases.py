@@ -33,10 +33,12 @@ MASKS = ("none", "key_padding", "causal")
 @dataclasses.dataclass
 class Case:
     """``run()`` calls real launchers; every kernel it launches becomes a row with ``labels``
-    (``labels["name"]`` becomes part of each row's name)."""
+    (``labels["name"]`` becomes part of each row's name; a ``loop_warps`` label gives the
+    warps that run the hot loop of a warp-specialized kernel)."""
     labels: Dict[str, Any]
     run: Callable[[], Any]
     kernels: Optional[List[str]] = None  # report names to keep (None: all but auxiliary)
+    auxiliary: bool = False  # keep the AUXILIARY kernels too
 
     @property
     def name(self) -> str:
@@ -160,7 +162,8 @@ def gemm_case(case: str, dtype: str, tokens: int = TOKENS, embed: int = EMBED,
     cases = []
     for product, (pm, pn, pk), run in products:
         name = "-".join(p for p in (case, product, dtype) if p)
-        labels = dict(name=name, case=case, product=product, dtype=dtype, m=pm, n=pn, k=pk)
+        labels = dict(name=name, case=case, product=product, dtype=dtype, head_dim=None,
+                      seqlen=None, mask=None, m=pm, n=pn, k=pk)
         cases.append(Case(labels, run, kernels=["matmul"]))
     return cases
 

@@ -25,8 +25,7 @@ import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from fastattn import sass
-from fastattn.launch_capture import (KernelSource, capture_sources, compile_source,
-                                     loop_threads)
+from fastattn.launch_capture import KernelSource, capture_sources, compile_source
 
 # Launched kernel (Triton function name) -> report name.
 KERNEL_NAMES = {
@@ -45,18 +44,16 @@ COLUMNS = ["name", "kernel", "arch", "dtype", "head_dim", "seqlen", "mask", "blo
            "num_warps", "num_stages", "loop_threads", "registers", "spill_bytes", "shared_bytes",
            "tma", "mma", "loop_instructions", "loop_mma", "loop_mufu", "non_mma_per_score",
            "cubin"]
-GEMM_COLUMNS = ["name", "kernel", "case", "arch", "dtype", "block_m", "block_n", "block_k",
-                "num_warps", "num_stages", "loop_threads", "registers", "spill_bytes",
-                "shared_bytes", "tma", "mma", "loop_instructions", "loop_mma", "loop_ldsm",
-                "non_mma_per_mac", "cubin"]
+# GEMM rows: the same, plus the case, K tile, ldmatrix count of the K loop and per-MAC figure.
+GEMM_COLUMNS = (COLUMNS[:2] + ["case"] + COLUMNS[2:9] + ["block_k"] + COLUMNS[9:19]
+                + ["loop_ldsm", "non_mma_per_score", "non_mma_per_mac", "cubin"])
 
 
 def kernel_name(fn_name: str) -> str:
     return KERNEL_NAMES.get(fn_name, re.sub(r"_kernel$", "", fn_name))
 
 
-def measure(source: KernelSource, loop_warps: Optional[int] = None
-            ) -> Tuple[Dict[str, Any], Optional[bytes]]:
+def measure(source: KernelSource) -> Tuple[Dict[str, Any], Optional[bytes]]:
     """Compile ``source``; return (its figures, its cubin).  A failure is reported in
     ``figures["error"]`` (and the cubin is None), not raised."""
     block_k = source.constexpr("BLOCK_K")
@@ -64,7 +61,6 @@ def measure(source: KernelSource, loop_warps: Optional[int] = None
         kernel=kernel_name(source.name), fn=source.fn, arch=source.arch,
         block_m=source.constexpr("BLOCK_M"), block_n=source.constexpr("BLOCK_N"),
         num_warps=source.options.get("num_warps"), num_stages=source.options.get("num_stages"),
-        loop_threads=loop_threads(source, loop_warps),
         divisible=" ".join(source.divisible_args()), error=None)
     if block_k is not None:
         row["block_k"] = block_k
@@ -82,24 +78,28 @@ def measure(source: KernelSource, loop_warps: Optional[int] = None
                tma=report.tma, mma=report.mma, sass_counts=report.counts,
                innermost_mma_loops=len(report.loops))
     row.update(report.loop_summary())
-    bm, bn = row["block_m"], row["block_n"]
-    if bm and bn:
-        row["non_mma_per_score"] = _round(sass.non_mma_per_score(
-            row["loop_instructions"], row["loop_mma"], row["loop_threads"], bm, bn))
-        if block_k:
-            row["non_mma_per_mac"] = _round(sass.non_mma_per_mac(
-                row["loop_instructions"], row["loop_mma"], row["loop_threads"], bm, bn,
-                block_k), 4)
     return row, cubin
 
 
 def make_row(figures: Dict[str, Any], cubin: Optional[bytes], labels: Dict[str, Any],
              dump_dir: Optional[str] = None) -> Dict[str, Any]:
-    """A report row: ``labels`` (with a unique ``name``) then the figures; with ``dump_dir``
-    the cubin is written there as ``<name>.cubin`` and named in ``row["cubin"]``."""
+    """A report row: ``labels`` (with a unique ``name``) then the figures and the per-score /
+    per-MAC metrics; a ``loop_warps`` label (warps running the hot loop of a warp-specialized
+    kernel) sets ``loop_threads``, else num_warps * 32.  With ``dump_dir`` the cubin is written
+    there as ``<name>.cubin`` and named in ``row["cubin"]``."""
+    labels = dict(labels)
+    loop_warps = labels.pop("loop_warps", None)
     row = {"name": labels["name"]}
     row.update(labels)
     row.update(figures)
+    row["loop_threads"] = 32 * (loop_warps or row["num_warps"] or 4)
+    bm, bn, bk = row["block_m"], row["block_n"], row.get("block_k")
+    if bm and bn and row["error"] is None:
+        row["non_mma_per_score"] = _round(sass.non_mma_per_score(
+            row["loop_instructions"], row["loop_mma"], row["loop_threads"], bm, bn))
+        if bk:
+            row["non_mma_per_mac"] = _round(sass.non_mma_per_mac(
+                row["loop_instructions"], row["loop_mma"], row["loop_threads"], bm, bn, bk), 4)
     row["cubin"] = None
     if dump_dir and cubin is not None:
         os.makedirs(dump_dir, exist_ok=True)
@@ -130,9 +130,9 @@ def compile_launch(launcher: Callable[[], Any], arch: str = "sm_90a", *,
         name = kernel_name(source.name)
         if kernels is not None and name not in kernels:
             continue
-        row_labels = dict(labels or {})
+        row_labels = dict(labels or {}, loop_warps=loop_warps)
         row_labels["name"] = "-".join(str(p) for p in (name, row_labels.get("name"), arch) if p)
-        rows.append(make_row(*measure(source, loop_warps), row_labels, dump_dir))
+        rows.append(make_row(*measure(source), row_labels, dump_dir))
     return rows
 
 
@@ -159,55 +159,71 @@ def format_table(rows: List[Dict[str, Any]], columns: Optional[List[str]] = None
     return "\n".join(lines)
 
 
-def _measure_job(job):
-    source, loop_warps = job
-    return measure(source, loop_warps)
-
-
-def report_cases(cases, archs=("sm_90a",), jobs: Optional[int] = None,
-                 dump_dir: Optional[str] = None, progress: bool = False
-                 ) -> List[Dict[str, Any]]:
-    """Rows for every kernel the :class:`fastattn.kernel_cases.Case` s launch, on every arch.
-
-    Launches are captured here (cheap); the distinct specializations are compiled once each, in
-    ``jobs`` parallel processes; rows follow the cases' order.
-    """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
+def plan_cases(cases, archs=("sm_90a",), only: Optional[List[str]] = None):
+    """Capture the launches of ``cases`` on each arch: (planned rows as (labels, key), the
+    distinct sources by key).  Row names are ``<kernel>-<case name>-<arch>``; ``only`` keeps
+    the rows whose name contains one of its strings."""
     from fastattn.kernel_cases import AUXILIARY
 
-    planned = []  # (labels, source key)
+    planned = []
     sources: Dict[tuple, KernelSource] = {}
     for arch in archs:
         for case in cases:
             seen: Dict[str, int] = {}
             for _, source in capture_sources(case.run, arch):
                 kernel = kernel_name(source.name)
-                wanted = case.kernels if case.kernels is not None else None
-                if (wanted is not None and kernel not in wanted) or (
-                        wanted is None and kernel in AUXILIARY):
+                if case.kernels is not None and kernel not in case.kernels:
+                    continue
+                if case.kernels is None and kernel in AUXILIARY and not case.auxiliary:
                     continue
                 seen[kernel] = seen.get(kernel, 0) + 1
                 suffix = "" if seen[kernel] == 1 else f"-{seen[kernel]}"
-                labels = dict(case.labels)
+                labels = dict(case.labels, kernel=kernel, arch=arch)
                 labels["name"] = f"{kernel}-{case.name}{suffix}-{arch}"
+                if only and not any(s in labels["name"] for s in only):
+                    continue
                 key = source.key()
                 sources.setdefault(key, source)
                 planned.append((labels, key))
-    keys = list(sources)
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(keys) or 1))
-    work = [(sources[k], None) for k in keys]
+    return planned, sources
+
+
+def compile_planned(planned, sources, jobs: Optional[int] = None,
+                    dump_dir: Optional[str] = None, progress: bool = False,
+                    unique: bool = False) -> List[Dict[str, Any]]:
+    """Compile each distinct source once (``jobs`` processes) and build the planned rows;
+    ``unique``: one row per distinct source (the first planned labels)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    keys = list(dict.fromkeys(key for _, key in planned))
+    work = [sources[k] for k in keys]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(work) or 1))
     if jobs == 1:
-        it = map(_measure_job, work)
-        results = _progress(it, len(work), progress)
+        results = _progress(map(measure, work), len(work), progress)
     else:
         # fork: the workers inherit the imported modules (no re-import of a __main__ script)
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-            results = _progress(pool.map(_measure_job, work), len(work), progress)
+            results = _progress(pool.map(measure, work), len(work), progress)
     measured = dict(zip(keys, results))
-    return [make_row(*measured[key], labels, dump_dir) for labels, key in planned]
+    rows, done = [], set()
+    for labels, key in planned:
+        if unique and key in done:
+            continue
+        done.add(key)
+        rows.append(make_row(*measured[key], labels, dump_dir))
+    return rows
+
+
+def report_cases(cases, archs=("sm_90a",), jobs: Optional[int] = None,
+                 dump_dir: Optional[str] = None, progress: bool = False,
+                 only: Optional[List[str]] = None, unique: bool = False
+                 ) -> List[Dict[str, Any]]:
+    """Rows for every kernel the :class:`fastattn.kernel_cases.Case` s launch, on every arch
+    (launches captured here; each distinct specialization compiled once, in parallel)."""
+    planned, sources = plan_cases(cases, archs, only)
+    return compile_planned(planned, sources, jobs, dump_dir, progress, unique)
 
 
 def _progress(it, total: int, enabled: bool) -> list:

@@ -186,9 +186,3 @@ def capture_sources(launcher: Callable[[], Any], arch: str = "sm_90a"
                     ) -> List[Tuple[Launch, KernelSource]]:
     """:func:`capture_launches` then :func:`specialize` each launch."""
     return [(launch, specialize(launch, arch)) for launch in capture_launches(launcher, arch)]
-
-
-def loop_threads(source: KernelSource, loop_warps: Optional[int] = None) -> int:
-    """Threads that execute the hot loop: ``loop_warps`` * 32 when given (the consumer warps of a
-    warp-specialized kernel), else num_warps * 32."""
-    return 32 * (loop_warps if loop_warps else int(source.options.get("num_warps", 4)))
