@@ -7,7 +7,7 @@ captured and bound by Triton's own binder) and read from the cubin's SASS
 
 * :func:`sweep` — every configuration the launchers can pick (:mod:`fastattn.kernel_sweep`),
   for sm_80 and sm_90a; ``sample`` compiles a deterministic stratified subset (``sample``
-  specializations per kernel x arch x dtype x head_dim group) when the whole sweep costs too
+  specializations per kernel x arch x head_dim group) when the whole sweep costs too
   much (it has ~930 distinct specializations per arch).
 * :func:`bert` — the kernels a BERT encoder launches (:func:`fastattn.kernel_cases.bert_cases`),
   with the hot-loop figures; ``dump`` writes each ``<name>.cubin`` and ``kernels.json``.
@@ -34,8 +34,9 @@ def _check_env() -> None:
 
 
 def stratum(labels: Row) -> tuple:
-    """The sampling group of a sweep row: kernel, arch, dtype, head_dim."""
-    return labels["kernel"], labels["arch"], labels.get("dtype"), labels.get("head_dim")
+    """The sampling group of a sweep row: kernel, arch, head_dim (the dtype, mask and length
+    bucket vary with the seed)."""
+    return labels["kernel"], labels["arch"], labels.get("head_dim")
 
 
 def sample_planned(planned, sample: int, seed: int = 0):

@@ -132,7 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     k.add_argument("--only", nargs="+", metavar="SUBSTR",
                    help="with --cases: keep the rows whose name contains one of these")
     k.add_argument("--sample", type=int, default=None, metavar="K",
-                   help="sweep: compile K specializations per kernel x arch x dtype x head_dim "
+                   help="sweep: compile K specializations per kernel x arch x head_dim group "
                         "(default: all)")
     k.add_argument("--seed", type=int, default=0, help="sweep: seed of --sample's choice")
     args = parser.parse_args(argv)

@@ -4,7 +4,8 @@ The SASS tests read a hand-written listing (no compiler).  The compile test runs
 subprocess without the interpreter, the padded attention forward at a BERT shape through
 :func:`fastattn.kernel_report.compile_launch` and checks the row against the compiler's own
 figures: the specialization is the JIT's (strides divisible by 16, an odd head count not),
-registers equal ``ptxas -v``'s, the loop figures are the same read by nvdisasm.
+registers and spill bytes equal ``ptxas -v``'s (also for a toy kernel that spills), the loop
+figures are the same read by nvdisasm.
 """
 import json
 import os
@@ -78,11 +79,17 @@ def test_metric_formulas():
 
 
 SCRIPT = textwrap.dedent("""
-    import json, torch
+    import json, torch, triton, triton.language as tl
     from fastattn import sass
     from fastattn.kernel_report import compile_launch
     from fastattn.launch_capture import capture_sources, compile_source
     from fastattn.ops.attention import attention_forward
+
+    @triton.jit
+    def spill_kernel(X, Y, N: tl.constexpr):  # 512 fp32 values per thread stay live: spills
+        offs = tl.arange(0, N)
+        x = tl.load(X + offs)
+        tl.store(Y + offs, x / tl.sum(x * x, 0))
 
     n, h, L, d = 2, 12, 128, 64
     proj = torch.empty(n, L, 3 * h * d, dtype=torch.float16)
@@ -93,24 +100,44 @@ SCRIPT = textwrap.dedent("""
     cubin = compile_source(source).asm["cubin"]
     by_nvdisasm = sass.parse(sass._run_on_cubin([sass.tool("nvdisasm"), "-c"], cubin))
     loop = sass.hot_loop(sass.find_loops(next(iter(by_nvdisasm.values()))))
-    print("ROWS=" + json.dumps(dict(rows=rows, nvdisasm=[loop.instructions, loop.mma])))
+    x = torch.empty(16384)
+    spill = compile_launch(lambda: spill_kernel[(1,)](x, x, N=16384, num_warps=1), "sm_80")
+    print("ROWS=" + json.dumps(dict(rows=rows, nvdisasm=[loop.instructions, loop.mma],
+                                    spill=spill)))
 """)
 
 
+def _ptxas_log(log):
+    """{function: (registers, spill stores, spill loads)} from ptxas -v output."""
+    out, name, spills = {}, None, None
+    for line in log.splitlines():
+        if "Compiling entry function" in line:
+            name = line.split("'")[1]
+        elif "bytes spill stores" in line:
+            spills = [int(w) for w in line.replace(",", "").split() if w.isdigit()][1:3]
+        elif "Used " in line and "registers" in line and name:
+            out[name] = (int(line.split("Used ")[1].split()[0]), *spills)
+    return out
+
+
 @pytest.fixture(scope="module")
-def forward_row(tmp_path_factory):
+def compiled(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    script = tmp / "report_script.py"  # a file: Triton reads the toy kernel's source
+    script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     # a fresh cache: triton runs ptxas, whose -v log it prints
-    env.update(TRITON_CACHE_DIR=str(tmp_path_factory.mktemp("cache")), TRITON_DUMP_PTXAS_LOG="1")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+    env.update(TRITON_CACHE_DIR=str(tmp / "cache"), TRITON_DUMP_PTXAS_LOG="1",
+               PYTHONPATH=os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     data = json.loads(out.stdout.split("ROWS=")[-1])
-    return data, out.stdout
+    return data, _ptxas_log(out.stdout)
 
 
-def test_attention_forward_row_is_the_jit_specialization(forward_row):
-    data, log = forward_row
+def test_attention_forward_row_is_the_jit_specialization(compiled):
+    data, ptxas = compiled
     (row,) = data["rows"]
     assert row["error"] is None
     assert row["name"] == "attention_fwd-bert-sm_90a" and row["kernel"] == "attention_fwd"
@@ -122,7 +149,14 @@ def test_attention_forward_row_is_the_jit_specialization(forward_row):
     expected = (row["loop_instructions"] - row["loop_mma"]) * 256 / (128 * 64)
     assert row["non_mma_per_score"] == pytest.approx(expected, abs=0.01)
     assert data["nvdisasm"] == [row["loop_instructions"], row["loop_mma"]]
-    ptxas_regs = [int(line.split("Used ")[1].split()[0]) for line in log.splitlines()
-                  if "Used " in line and "registers" in line]
-    assert ptxas_regs and row["registers"] == ptxas_regs[-1]
-    assert "0 bytes spill stores, 0 bytes spill loads" in log and row["spill_bytes"] == 0
+    assert ptxas["attention_fwd_kernel"] == (row["registers"], row["spill_stores"],
+                                             row["spill_loads"])
+
+
+def test_registers_and_spills_agree_with_ptxas(compiled):
+    data, ptxas = compiled
+    (row,) = data["spill"]
+    assert row["error"] is None and row["spill_stores"] > 0 and row["spill_loads"] > 0
+    assert row["spill_bytes"] == row["spill_stores"] + row["spill_loads"]
+    assert ptxas["spill_kernel"] == (row["registers"], row["spill_stores"], row["spill_loads"])
+    assert row["mma"] == "none" and row["loop_instructions"] is None
