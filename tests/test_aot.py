@@ -3,11 +3,11 @@
 Every row is compiled with the specialization the launcher's JIT call gets (the real
 launchers run on CPU tensors laid out like real inputs; :mod:`fastattn.launch_capture`).
 
-Cost: the full sweep is ~930 distinct specializations per arch (~1 h on 2 cores), so CI
+Cost: the full sweep is ~930 distinct specializations per arch (~35 min on 2 cores), so CI
 (a) captures the whole sweep and checks it reaches every configuration the launch tables can
 pick, with Triton's binder run on each launch (seconds), and (b) compiles a deterministic
 sample: one specialization per kernel x arch x head_dim group (``fastattn kernels --sample 1``,
-~80 compiles).  ``FASTATTN_AOT_FULL=1`` compiles the whole sweep; ``FASTATTN_AOT_SEED=n``
+84 compiles, ~190 s of CPU).  ``FASTATTN_AOT_FULL=1`` compiles the whole sweep; ``FASTATTN_AOT_SEED=n``
 samples another specialization of each group.  Checks: everything compiles, the sm_90a
 attention forward never spills for head_dim <= 128, fp16 / bf16 matrix products use tensor
 cores; and ``--cases bert --dump`` writes its documented layout.
