@@ -7,8 +7,8 @@ Cost: the full sweep is ~930 distinct specializations per arch (~35 min on 2 cor
 (a) captures the whole sweep and checks it reaches every configuration the launch tables can
 pick, with Triton's binder run on each launch (seconds), and (b) compiles a deterministic
 sample: one specialization per kernel x arch x head_dim group (``fastattn kernels --sample 1``,
-84 compiles, ~190 s of CPU).  ``FASTATTN_AOT_FULL=1`` compiles the whole sweep; ``FASTATTN_AOT_SEED=n``
-samples another specialization of each group.  Checks: everything compiles, the sm_90a
+84 compiles, ~190 s of CPU).  ``FASTATTN_AOT_FULL=1`` compiles the whole sweep;
+``FASTATTN_AOT_SEED=n`` samples another specialization of each group.  Checks: everything compiles, the sm_90a
 attention forward never spills for head_dim <= 128, fp16 / bf16 matrix products use tensor
 cores; and ``--cases bert --dump`` writes its documented layout.
 """

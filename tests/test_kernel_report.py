@@ -74,7 +74,8 @@ def test_tie_between_innermost_loops_picks_the_shorter():
 def test_metric_formulas():
     # the dK/dV figure of the backward: (348 - 36) * 128 / (32 * 64)
     assert sass.non_mma_per_score(348, 36, 128, 32, 64) == pytest.approx(19.5)
-    assert sass.non_mma_per_mac(126, 4, 256, 128, 64, 64) == pytest.approx(122 * 256 / 128 / 64 / 64)
+    per_mac = 122 * 256 / (128 * 64 * 64)
+    assert sass.non_mma_per_mac(126, 4, 256, 128, 64, 64) == pytest.approx(per_mac)
     assert sass.non_mma_per_score(None, None, 128, 32, 64) is None
 
 
