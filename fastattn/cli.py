@@ -1,9 +1,11 @@
-"""Command line: ``fastattn bench | check | kernels``.
+"""Command line: ``fastattn bench | check | tune | kernels``.
 
 * ``fastattn bench``   — benchmark fastattn against eager PyTorch and SDPA (see ``--help``).
 * ``fastattn check``   — what is installed, which backends and launch tables run here and why
   not, and every kernel family (forward and backward) on every available backend against the
   float64 reference with the tolerance table; exits 1 on a mismatch.
+* ``fastattn tune``    — time the candidate launch configurations of the BERT cases on this GPU
+  and write the tuned table the launchers read (``--dry-run`` lists them without a GPU).
 * ``fastattn kernels`` — compile every shipped Triton configuration ahead of time for sm_80 and
   sm_90a (no GPU needed) and print registers, spills, shared memory and tensor-core use.
 """
@@ -133,9 +135,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "bench":  # the benchmark owns its own argument parser
         return _cmd_bench(argv[1:])
+    if argv and argv[0] == "tune":  # so does the tuner
+        from fastattn.tune import main as tune_main
+        return tune_main(argv[1:])
     parser = argparse.ArgumentParser(prog="fastattn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("bench", help="benchmark against eager PyTorch and SDPA (fastattn bench -h)")
+    sub.add_parser("tune", help="time launch configurations on this GPU and write a tuned "
+                                "table (fastattn tune -h)")
     c = sub.add_parser("check", help="what runs here, and every kernel family against the "
                                      "float64 reference (exit 1 on a mismatch)")
     c.add_argument("--device", choices=["cpu", "cuda"], default=None,

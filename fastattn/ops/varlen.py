@@ -45,7 +45,7 @@ LOG2E = 1.4426950408889634
 def _config(kernel: str, q: torch.Tensor, max_seqlen: int, dropout: bool):
     return pick_varlen_config(kernel, q.shape[-1], _DTYPE_NAMES[q.dtype], max_seqlen,
                               _smem_limit(q.device), interpreter=interpreter_enabled(),
-                              dropout=dropout)
+                              dropout=dropout, device=q.device)
 
 
 # ------------------------------------------------------------------------------ launchers
