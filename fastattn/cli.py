@@ -32,6 +32,9 @@ def _cmd_check(args) -> int:
         print("fastattn check: --device cuda asked for, but torch sees no CUDA device",
               file=sys.stderr)
         return 2
+    if args.info:
+        _print_environment()
+        return 0
     interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     if args.device == "cpu" and not interpret and not args.no_interpret and _has_triton():
         # the Triton kernels run on CPU tensors only under the interpreter, which must be
@@ -158,6 +161,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="families checked in parallel processes (kernels compile in parallel)")
     c.add_argument("--json", default=None, help="write the rows as JSON here ('-': stdout)")
     c.add_argument("--quiet", action="store_true", help="no table, only --json")
+    c.add_argument("--info", action="store_true",
+                   help="only what is installed and which backends and tables run here")
     c.add_argument("--no-interpret", action="store_true",
                    help="on CPU, do not run the Triton kernels under the interpreter")
     k = sub.add_parser("kernels", help="compile all kernel configurations ahead of time")
