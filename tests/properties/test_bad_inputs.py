@@ -3,7 +3,7 @@ never a crash inside a kernel, never a silently wrong answer.  (Wrong ranks, mis
 dtypes and devices, non-broadcastable masks, out-of-range lengths and rates, strided or
 mistyped cu_seqlens, flags of the wrong type.)"""
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fastattn
@@ -103,6 +103,11 @@ CASE_NAMES = sorted(attention_cases(1, 1, 2, 16)) + sorted(varlen_cases(1, 1, 2,
 
 
 @settings(max_examples=examples(80))
+# found by this suite: causal flags that were taken as True, a strided cu_seqlens that crashed
+@example(case="causal int", n=1, h=1, l=2, d=16)
+@example(case="causal string", n=1, h=1, l=2, d=16)
+@example(case="sdpa causal", n=1, h=1, l=2, d=16)
+@example(case="cu strided", n=2, h=1, l=3, d=16)
 @given(case=st.sampled_from(CASE_NAMES), n=st.integers(1, 3), h=st.integers(1, 3),
        l=st.integers(2, 20), d=st.sampled_from([16, 32]))
 def test_bad_input_raises_naming_the_argument(case, n, h, l, d):
