@@ -203,10 +203,8 @@ def parse_ptxas(log: str, source: str = "") -> List[KernelRow]:
 
 def _cubins(obj: Path, workdir: Path) -> dict:
     """{arch: cubin path} of an nvcc object file (``cuobjdump -xelf all``)."""
-    try:
-        from fastattn import sass
-    except ImportError:  # the SASS reader is not in this checkout yet: no loop figures
-        return {}
+    from fastattn import sass
+
     cuobjdump = sass.tool("cuobjdump")
     if cuobjdump is None:
         return {}
