@@ -1,7 +1,9 @@
 // Binding layer of fastattn._C: input checks, output allocation, stream / device selection.
 //
 // Entry points:
-//   fastattn._C.attention_fwd(q, k, v, mask, mask_kind, causal, scale) -> (out, lse)   (pybind11;
+//   fastattn._C.attention_fwd(q, k, v, mask, mask_kind, causal, scale, key_lengths=None)
+//       -> (out, lse)   (pybind11; with key_lengths (N,) int32 (prefix length or -1 per sequence)
+//       mask is the (N, L_k) bool keep rows and the kernel skips padded key blocks;
 //       wrapped as the op fastattn::cuda_attention_fwd by fastattn/ops/attention_cuda.py,
 //       whose autograd reuses the Triton backward)
 //   torch.ops.fastattn.cuda_layer_norm_fwd(x, residual?, weight?, bias?, eps) -> (y, mean, rstd)
@@ -88,7 +90,8 @@ MaskDType mask_dtype(const at::Tensor& m) {
 std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q_in, const at::Tensor& k_in,
                                                  const at::Tensor& v_in,
                                                  const c10::optional<at::Tensor>& mask_in,
-                                                 int64_t mask_kind, bool causal, double scale) {
+                                                 int64_t mask_kind, bool causal, double scale,
+                                                 const c10::optional<at::Tensor>& key_lengths) {
   TORCH_CHECK_VALUE(q_in.dim() == 4, "q must have shape (N, H, L_q, D), got ", q_in.sizes());
   TORCH_CHECK_VALUE(k_in.dim() == 4, "k must have shape (N, H, L_k, D), got ", k_in.sizes());
   TORCH_CHECK_VALUE(v_in.dim() == 4, "v must have shape (N, H, L_k, D), got ", v_in.sizes());
@@ -121,17 +124,44 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q_in, con
   at::Tensor lse = at::empty({n, h, lq}, q.options().dtype(at::kFloat));
 
   AttentionFwdParams p{};
-  p.mask_kind = static_cast<MaskKind>(mask_kind);
+  const MaskKind kind = static_cast<MaskKind>(mask_kind);
+  p.kernel_mask = kind == MaskKind::kKeep ? FwdMask::kKeep
+                  : kind == MaskKind::kAdd ? FwdMask::kAdd
+                                           : FwdMask::kNone;
+  p.mask_dtype = MaskDType::kUInt8;
   at::Tensor mask;  // keeps the (N, H, L_q, L_k) view alive during the launch
-  if (p.mask_kind != MaskKind::kNone) {
+  if (kind != MaskKind::kNone) {
     TORCH_CHECK_VALUE(mask_in.has_value() && mask_in->defined(), "mask must be given when mask_kind is ",
                 mask_kind);
     mask = *mask_in;
     check_on(mask, "mask", q_in);
     p.mask_dtype = mask_dtype(mask);
-    TORCH_CHECK_TYPE(p.mask_kind != MaskKind::kAdd || at::isFloatingType(mask.scalar_type()),
+    TORCH_CHECK_TYPE(kind != MaskKind::kAdd || at::isFloatingType(mask.scalar_type()),
                 "an additive mask (mask_kind 2) must be floating point, got ",
                 mask.scalar_type());
+  }
+  if (key_lengths.has_value() && key_lengths->defined()) {
+    // Key padding as lengths: mask holds the (N, L_k) keep rows (bool / uint8), key_lengths the
+    // prefix length of each row or -1 (fastattn.ops.key_lengths.key_padding_lengths).
+    const at::Tensor& lengths = *key_lengths;
+    TORCH_CHECK_VALUE(kind == MaskKind::kKeep, "key_lengths needs a keep mask (mask_kind 1), got "
+                "mask_kind ", mask_kind);
+    TORCH_CHECK_VALUE(mask.dim() == 2 && mask.size(0) == n && mask.size(1) == lk,
+                "with key_lengths, mask must be the (N, L_k) = (", n, ", ", lk, ") keep rows, got ",
+                mask.sizes());
+    TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte,
+                "with key_lengths, mask must be bool or uint8, got ", mask.scalar_type());
+    check_on(lengths, "key_lengths", q_in);
+    TORCH_CHECK_VALUE(lengths.dim() == 1 && lengths.size(0) == n && lengths.is_contiguous() &&
+                    lengths.scalar_type() == at::kInt,
+                "key_lengths must be a contiguous 1-D int32 tensor of length N = ", n, ", got ",
+                lengths.scalar_type(), " of shape ", lengths.sizes());
+    p.kernel_mask = FwdMask::kKeyPadding;
+    p.key_lengths = lengths.data_ptr<int>();
+    p.mask = mask.data_ptr();
+    p.mask_stride_b = mask.stride(0);
+    p.mask_stride_n = mask.stride(1);
+  } else if (kind != MaskKind::kNone) {
     if (mask.dim() == 2) mask = mask.unsqueeze(1).unsqueeze(1);  // key padding (N, L_k)
     TORCH_CHECK_VALUE(mask.dim() <= 4, "mask must have at most 4 dims, got ", mask.sizes());
     const int64_t target[4] = {n, h, lq, lk};
@@ -407,9 +437,10 @@ TORCH_LIBRARY_IMPL(fastattn, Meta, m) {
 std::tuple<at::Tensor, at::Tensor> attention_fwd_py(const at::Tensor& q, const at::Tensor& k,
                                                     const at::Tensor& v,
                                                     const c10::optional<at::Tensor>& mask,
-                                                    int64_t mask_kind, bool causal, double scale) {
+                                                    int64_t mask_kind, bool causal, double scale,
+                                                    const c10::optional<at::Tensor>& key_lengths) {
   try {
-    return fastattn::attention_forward(q, k, v, mask, mask_kind, causal, scale);
+    return fastattn::attention_forward(q, k, v, mask, mask_kind, causal, scale, key_lengths);
   } catch (const c10::ValueError& e) {
     throw pybind11::value_error(e.what_without_backtrace());
   } catch (const c10::TypeError& e) {
@@ -420,10 +451,11 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_py(const at::Tensor& q, const a
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastattn CUDA C++ kernels: attention forward, LayerNorm, bias + activation";
   m.def("attention_fwd", &attention_fwd_py,
-        "attention_fwd(q, k, v, mask, mask_kind, causal, scale) -> (out, lse); q (N, H, L_q, D) "
-        "fp16/bf16, out (N, H, L_q, D) stored as (N, L_q, H, D), lse (N, H, L_q) fp32",
+        "attention_fwd(q, k, v, mask, mask_kind, causal, scale, key_lengths=None) -> (out, lse); "
+        "q (N, H, L_q, D) fp16/bf16, out (N, H, L_q, D) stored as (N, L_q, H, D), lse (N, H, L_q) "
+        "fp32; with key_lengths (N,) int32, mask is the (N, L_k) bool keep rows",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("mask_kind"),
-        py::arg("causal"), py::arg("scale"));
+        py::arg("causal"), py::arg("scale"), py::arg("key_lengths") = py::none());
   m.attr("ATTENTION_HEAD_DIMS") = py::make_tuple(32, 64, 128);
   m.attr("ATTENTION_MAX_HEAD_DIM") = fastattn::kAttentionMaxHeadDim;
   m.attr("LAYER_NORM_BWD_MAX_COLS") = fastattn::kLayerNormBwdMaxCols;

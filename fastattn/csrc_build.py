@@ -8,7 +8,13 @@ headers, so ``nvcc -c`` compiles it on its own for a given architecture.  Used b
     print(format_table(rows))
 
 A KernelRow holds kernel, config, arch, registers, spill_stores, spill_loads, shared_bytes
-(static shared memory), stack_bytes, source and error (None when the file compiled).
+(static shared memory), stack_bytes, source and error (None when the file compiled); for the
+tensor-core kernels (the attention forward) also the figures of the innermost loop holding the
+most MMA instructions, read from the SASS of the compiled cubin with :mod:`fastattn.sass`
+(cuobjdump bundled with Triton): loop_instructions, loop_mma, loop_mufu, non_mma_per_score =
+(loop_instructions - loop_mma) * loop_threads / (block_m * block_n), and ``loops``, the
+instruction counts of every innermost MMA loop (the key-padding kernel has two: the prefix walk,
+which is the reported one, and the walk that reads the keep row).
 :func:`check_bindings` compiles the torch binding layer (``csrc/*.cpp``) with ``-fsyntax-only``
 against torch's headers, which works even with a CPU build of torch when its CUDA headers ship.
 """
@@ -27,6 +33,25 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
 ARCHS = ("sm_80", "sm_90a")
+
+# The attention forward's compiled (mask path, mask dtype) pairs, mirroring
+# csrc/attention/attention_fwd_variants.h (FwdMask / MaskDType enum order); each has one
+# translation unit csrc/attention/fwd/attention_fwd_<mask>[_<dtype>].cu.
+FWD_MASKS = ("none", "key_padding", "keep", "add")  # FwdMask 0..3
+MASK_DTYPES = ("uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32",
+               "float64")  # MaskDType 0..8
+ATTENTION_FWD_VARIANTS = (
+    ("none", None),
+    ("key_padding", "uint8"),
+    *(("keep", dt) for dt in MASK_DTYPES),
+    *(("add", dt) for dt in ("float16", "bfloat16", "float32", "float64")),
+)
+
+
+def attention_fwd_source(mask: str, mask_dtype: Optional[str]) -> str:
+    """Path (relative to the repository root) of the translation unit of one variant."""
+    name = "none" if mask == "none" else f"{mask}_{mask_dtype}"
+    return f"csrc/attention/fwd/attention_fwd_{name}.cu"
 # What torch's CUDAExtension defines: the kernels must build without the half operators.
 TORCH_NVCC_DEFINES = ("-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                       "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__")
@@ -45,6 +70,17 @@ class KernelRow:
     stack_bytes: Optional[int]
     source: str
     error: Optional[str] = None
+    symbol: str = ""  # mangled name
+    loop_instructions: Optional[int] = None
+    loop_mma: Optional[int] = None
+    loop_mufu: Optional[int] = None
+    non_mma_per_score: Optional[float] = None
+    loops: str = ""  # instructions of every innermost MMA loop, e.g. "878/975"
+
+
+# Kernels whose KV loop is measured: name -> (loop_threads, block_m, block_n), as in
+# csrc/attention/attention_fwd.cuh (kThreads, kBlockM, kBlockN).
+LOOP_GEOMETRY = {"attention_fwd_kernel": (128, 64, 64)}
 
 
 class CompileError(RuntimeError):
@@ -114,6 +150,10 @@ def _demangle(names: Sequence[str]) -> List[str]:
 
 _SHORT_TYPES = (("__nv_bfloat16", "bf16"), ("__half", "fp16"), ("float", "fp32"))
 _ACTIVATIONS = {"0": "relu", "1": "gelu", "2": "gelu_tanh"}
+# Enum template arguments as c++filt prints them, "(fastattn::FwdMask)1", -> names.
+_ENUMS = {"Activation": _ACTIVATIONS,
+          "FwdMask": {str(i): name for i, name in enumerate(FWD_MASKS)},
+          "MaskDType": {str(i): name for i, name in enumerate(MASK_DTYPES)}}
 
 
 def _split_name(demangled: str):
@@ -123,7 +163,9 @@ def _split_name(demangled: str):
     if not m:
         return re.sub(r"^void |\(.*$|^.*::", "", demangled), ""
     config = m.group(2)
-    config = re.sub(r"\(fastattn::Activation\)(\d)", lambda a: _ACTIVATIONS[a.group(1)], config)
+    config = re.sub(r"\(fastattn::(\w+)\)(\d+)",
+                    lambda a: _ENUMS.get(a.group(1), {}).get(a.group(2), a.group(0)), config)
+    config = config.replace("none, uint8", "none")  # the no-mask kernel has no mask dtype
     for long, short in _SHORT_TYPES:
         config = re.sub(rf"\b{long}\b", short, config)
     return m.group(1), config.replace("(bool)1", "true").replace("(bool)0", "false")
@@ -152,10 +194,56 @@ def parse_ptxas(log: str, source: str = "") -> List[KernelRow]:
             current[6] = int(s.group(1)) if s else 0
     names = _demangle([e[0] for e in entries])
     rows = []
-    for name, (_, arch, stack, stores, loads, regs, smem) in zip(names, entries):
+    for name, (symbol, arch, stack, stores, loads, regs, smem) in zip(names, entries):
         kernel, config = _split_name(name)
-        rows.append(KernelRow(kernel, config, arch, regs, stores, loads, smem, stack, source))
+        rows.append(KernelRow(kernel, config, arch, regs, stores, loads, smem, stack, source,
+                              symbol=symbol))
     return rows
+
+
+def _cubins(obj: Path, workdir: Path) -> dict:
+    """{arch: cubin path} of an nvcc object file (``cuobjdump -xelf all``)."""
+    from fastattn import sass
+
+    cuobjdump = sass.tool("cuobjdump")
+    if cuobjdump is None:
+        return {}
+    subprocess.run([cuobjdump, "-xelf", "all", str(obj)], cwd=workdir, capture_output=True)
+    found = {}
+    for path in workdir.glob("*.cubin"):
+        m = re.search(r"\.(sm_\d+a?)\.cubin$", path.name)
+        if m:
+            found[m.group(1)] = path
+    return found
+
+
+def add_loop_metrics(rows: Sequence[KernelRow], cubins: dict) -> None:
+    """Fills the loop figures of the LOOP_GEOMETRY kernels from their cubins' SASS."""
+    if not cubins:
+        return
+    from fastattn import sass
+
+    parsed = {}
+    for row in rows:
+        if row.kernel not in LOOP_GEOMETRY or row.arch not in cubins:
+            continue
+        if row.arch not in parsed:
+            parsed[row.arch] = sass.parse(sass.disassemble(str(cubins[row.arch])))
+        insns = parsed[row.arch].get(row.symbol)
+        if not insns:
+            continue
+        loops = sass.find_loops(insns)
+        hot = sass.hot_loop(loops)
+        if hot is None:
+            continue
+        mma_loops = [lp for lp in loops if lp.mma > 0]
+        innermost = [lp for lp in mma_loops if not any(lp.contains(o) for o in mma_loops)]
+        threads, block_m, block_n = LOOP_GEOMETRY[row.kernel]
+        row.loop_instructions, row.loop_mma = hot.instructions, hot.mma
+        row.loop_mufu = hot.counts["mufu"]
+        row.non_mma_per_score = sass.non_mma_per_score(hot.instructions, hot.mma, threads,
+                                                       block_m, block_n)
+        row.loops = "/".join(str(lp.instructions) for lp in innermost)
 
 
 def _relative(path: Path) -> str:
@@ -167,10 +255,11 @@ def _relative(path: Path) -> str:
 
 
 def compile_source(source: Path, archs: Sequence[str] = ARCHS, nvcc: Optional[str] = None,
-                   extra_flags: Iterable[str] = ()) -> List[KernelRow]:
+                   extra_flags: Iterable[str] = (), loop_metrics: bool = True) -> List[KernelRow]:
     """``nvcc -c`` one .cu file for every arch in ``archs`` (one nvcc run, one -gencode each).
 
-    Returns one KernelRow per kernel entry and arch; raises CompileError with nvcc's output.
+    Returns one KernelRow per kernel entry and arch, with the loop figures of the
+    LOOP_GEOMETRY kernels when ``loop_metrics``; raises CompileError with nvcc's output.
     """
     if isinstance(archs, str):
         archs = [archs]
@@ -184,15 +273,38 @@ def compile_source(source: Path, archs: Sequence[str] = ARCHS, nvcc: Optional[st
         cmd = [nvcc, "-c", str(source), "-o", os.path.join(tmp, "out.o"), f"-I{root}",
                *NVCC_FLAGS, *codes, "-Xptxas", "-v", *extra_flags]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-    log = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        raise CompileError(f"{' '.join(cmd)}\n{log}")
-    return parse_ptxas(log, _relative(source))
+        log = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            raise CompileError(f"{' '.join(cmd)}\n{log}")
+        rows = parse_ptxas(log, _relative(source))
+        if loop_metrics and any(r.kernel in LOOP_GEOMETRY for r in rows):
+            add_loop_metrics(rows, _cubins(Path(tmp) / "out.o", Path(tmp)))
+    return rows
+
+
+# Compile-check flag: each attention forward file instantiates fp16 / head dim 64 only.
+COMPILE_CHECK_ONLY_FLAG = "-DFASTATTN_FWD_COMPILE_CHECK_ONLY"
+# The forward variants whose loops carry a budget: always compiled in full.
+BUDGET_FWD_VARIANTS = (("none", None), ("key_padding", "uint8"))
+
+
+def compile_check_flags(source: Path) -> List[str]:
+    """Flags for a quick compile check of ``source`` (CI): attention forward files other than
+    BUDGET_FWD_VARIANTS compile one kernel each (fp16, head dim 64), every mask path and dtype
+    still compiled for every arch; everything else compiles in full."""
+    rel = _relative(Path(source))
+    budget = {attention_fwd_source(*v) for v in BUDGET_FWD_VARIANTS}
+    fwd = {attention_fwd_source(*v) for v in ATTENTION_FWD_VARIANTS}
+    return [COMPILE_CHECK_ONLY_FLAG] if rel in fwd and rel not in budget else []
 
 
 def compile_all(archs: Sequence[str] = ARCHS, jobs: Optional[int] = None,
-                sources: Optional[Sequence[Path]] = None) -> List[KernelRow]:
+                sources: Optional[Sequence[Path]] = None,
+                loop_metrics: bool = True, compile_check: bool = False) -> List[KernelRow]:
     """Compile every kernel source for every arch (``jobs`` nvcc processes at once).
+
+    ``compile_check``: the quick CI form of :func:`compile_check_flags` (the full set is what
+    ``fastattn kernels`` and the extension build compile).
 
     Returns one KernelRow per kernel entry and arch, sorted by source, arch, kernel, config; a
     file that fails to compile gives one row per arch with ``error`` set (the end of the
@@ -205,7 +317,8 @@ def compile_all(archs: Sequence[str] = ARCHS, jobs: Optional[int] = None,
 
     def run(src):
         try:
-            return compile_source(Path(src), archs, nvcc)
+            flags = compile_check_flags(Path(src)) if compile_check else []
+            return compile_source(Path(src), archs, nvcc, flags, loop_metrics=loop_metrics)
         except CompileError as exc:
             return [KernelRow("(compile failed)", "", arch, None, None, None, None, None,
                               _relative(Path(src)), error=str(exc)[-4000:]) for arch in archs]
@@ -217,16 +330,21 @@ def compile_all(archs: Sequence[str] = ARCHS, jobs: Optional[int] = None,
 
 
 def format_table(rows: Sequence[KernelRow]) -> str:
-    """Markdown table: kernel, config, arch, registers, spills, static shared memory, source."""
+    """Markdown table: kernel, config, arch, registers, spills, static shared memory, the loop
+    figures (blank for kernels without a measured loop), source."""
     header = ("| kernel | config | arch | registers | spill stores | spill loads | smem bytes "
-              "| source |\n|---|---|---|---:|---:|---:|---:|---|")
+              "| loop instructions | loop mma | loop mufu | non-mma per score | loops | source |\n"
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     lines = [header]
     for r in rows:
         if r.error:
-            lines.append(f"| {r.kernel} | | {r.arch} | | | | | {r.source} |")
+            lines.append(f"| {r.kernel} | | {r.arch} | | | | | | | | | | {r.source} |")
             continue
+        loop = ["" if v is None else v for v in (r.loop_instructions, r.loop_mma, r.loop_mufu)]
+        per_score = "" if r.non_mma_per_score is None else f"{r.non_mma_per_score:.1f}"
         lines.append(f"| {r.kernel} | {r.config} | {r.arch} | {r.registers} | {r.spill_stores} "
-                     f"| {r.spill_loads} | {r.shared_bytes} | {r.source} |")
+                     f"| {r.spill_loads} | {r.shared_bytes} | {loop[0]} | {loop[1]} | {loop[2]} "
+                     f"| {per_score} | {r.loops} | {r.source} |")
     return "\n".join(lines)
 
 

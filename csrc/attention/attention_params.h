@@ -8,7 +8,17 @@
 
 namespace fastattn {
 
+// Mask kind as the binding receives it (op-level mask_kind 0 / 1 / 2).
 enum class MaskKind : int { kNone = 0, kKeep = 1, kAdd = 2 };
+
+// Mask path a forward kernel is compiled for (a template parameter, with the mask dtype):
+//   kNone        no mask
+//   kKeyPadding  keep mask per (batch, key) read as lengths: key_lengths[b] >= 1 bounds the key
+//                walk (no mask read); rows with 0 (fully padded) or -1 (not a prefix) read the
+//                (N, L_k) uint8 keep rows through mask_stride_b / mask_stride_n
+//   kKeep        keep mask viewed as (N, H, L_q, L_k), mask == 0 -> score -1e10
+//   kAdd         additive float mask viewed as (N, H, L_q, L_k)
+enum class FwdMask : int { kNone = 0, kKeyPadding = 1, kKeep = 2, kAdd = 3 };
 
 // Strides are in elements.  Tensors:
 //   q (N, H, L_q, D)   k, v (N, H, L_k, D)   last stride 1, other strides multiples of 8,
@@ -19,7 +29,8 @@ struct AttentionFwdParams {
   const void* q;
   const void* k;
   const void* v;
-  const void* mask;  // nullptr when mask_kind == kNone
+  const void* mask;         // nullptr when kernel_mask == kNone
+  const int* key_lengths;   // (N,) int32 for kKeyPadding: prefix length, or -1; else nullptr
   void* out;
   float* lse;
   int64_t q_stride_b, q_stride_h, q_stride_m;
@@ -30,20 +41,22 @@ struct AttentionFwdParams {
   int batch, heads, len_q, len_k;
   int head_dim;      // multiple of 8, at most the kernel's HEAD_DIM
   float scale_log2;  // softmax scale * log2(e)
-  MaskKind mask_kind;
-  MaskDType mask_dtype;
+  FwdMask kernel_mask;
+  MaskDType mask_dtype;  // kUInt8 for kNone and kKeyPadding
   bool causal;
 };
 
-// One explicit instantiation per (element type, padded head dim), each in its own .cu file.
-template <DType kDType, int kHeadDim>
+// One explicit instantiation per (element type, padded head dim, mask path, mask dtype); the
+// .cu file of each (mask path, mask dtype) pair, listed in attention_fwd_variants.h, holds the
+// instantiations for every element type and head dim.
+template <DType kDType, int kHeadDim, FwdMask kMask, MaskDType kMaskDType>
 cudaError_t run_attention_fwd(const AttentionFwdParams& params, cudaStream_t stream);
 
 // Head dims the kernel is compiled for; head_dim is rounded up to the next one.
 constexpr int kAttentionHeadDims[] = {32, 64, 128};
 constexpr int kAttentionMaxHeadDim = 128;
 
-// Picks the instantiation for params.head_dim and dtype (fp16 / bf16).
+// Picks the instantiation for params.head_dim, dtype (fp16 / bf16), kernel_mask and mask_dtype.
 cudaError_t attention_fwd(const AttentionFwdParams& params, DType dtype, cudaStream_t stream);
 
 }  // namespace fastattn

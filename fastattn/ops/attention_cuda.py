@@ -18,7 +18,12 @@ What runs where (:func:`cuda_attention`):
   fp16 / bf16 tensor-core code only).
 
 Mask dtypes read directly by the kernel: bool, uint8, int8, int16, int32, int64, float16,
-bfloat16, float32, float64.  The extension is imported only when the op runs.
+bfloat16, float32, float64 (one compiled kernel per mask kind and dtype).  A keep mask that varies
+only along batch and key (a key-padding mask, (N, L_k) or (N, 1, 1, L_k)) is passed to the kernel
+as per-sequence lengths (:func:`fastattn.ops.key_lengths.key_padding_lengths`, on the device, no
+host sync) with its (N, L_k) bool keep rows: the kernel ends each prefix sequence's key walk at its
+last real key and reads the keep row only for sequences whose mask is not a prefix or is all zero.
+The extension is imported only when the op runs.
 """
 from __future__ import annotations
 
@@ -28,9 +33,13 @@ from typing import Optional, Tuple
 import torch
 
 from fastattn.ops.attention import _backward, _setup_context, triton_attention
+from fastattn.ops.key_lengths import key_padding_lengths
 
 CUDA_DTYPES = (torch.float16, torch.bfloat16)
 CUDA_MAX_HEAD_DIM = 128
+
+
+KEEP = 1  # op-level mask_kind of a keep mask (mask == 0 -> -1e10)
 
 
 def _extension():
@@ -39,11 +48,38 @@ def _extension():
     return _C
 
 
+def key_padding_rows(mask: Optional[torch.Tensor], mask_kind: int, batch: int,
+                     len_k: int) -> Optional[torch.Tensor]:
+    """The (N, L_k) rows of a keep mask that varies only along batch and key, else None.
+
+    ``mask`` is broadcastable to (N, H, L_q, L_k), a 2-D mask being (N, L_k); size-1 or stride-0
+    head and query dims make it a key-padding mask.  Returns a view (nothing is copied)."""
+    if mask is None or mask_kind != KEEP or mask.dim() > 4:
+        return None
+    view = mask[:, None, None, :] if mask.dim() == 2 else mask[(None,) * (4 - mask.dim())]
+    if any(view.shape[i] != 1 and view.stride(i) != 0 for i in (1, 2)):
+        return None
+    return view[:, 0, 0, :].expand(batch, len_k)
+
+
+def kernel_mask_args(mask: Optional[torch.Tensor], mask_kind: int, batch: int, len_k: int):
+    """(mask, key_lengths) for the extension: a key-padding mask becomes its (N, L_k) bool keep
+    rows and their prefix lengths (-1 for a row that is not a prefix), computed on the mask's
+    device without a host sync; any other mask passes through with key_lengths None."""
+    rows = key_padding_rows(mask, mask_kind, batch, len_k)
+    if rows is None:
+        return mask, None
+    keep = (rows != 0).contiguous()
+    return keep, key_padding_lengths(keep)
+
+
 @torch.library.custom_op("fastattn::cuda_attention_fwd", mutates_args=())
 def cuda_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           mask: Optional[torch.Tensor], mask_kind: int, causal: bool,
                           scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _extension().attention_fwd(q, k, v, mask, mask_kind, causal, scale)
+    kernel_mask, key_lengths = kernel_mask_args(mask, mask_kind, q.shape[0], k.shape[2])
+    return _extension().attention_fwd(q, k, v, kernel_mask, mask_kind, causal, scale,
+                                      key_lengths)
 
 
 @cuda_attention_fwd_op.register_fake

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import fastattn
 from fastattn import backends
 from fastattn.ops import attention_cuda
-from fastattn.ops.attention_cuda import cuda_attention, cuda_attention_fwd_op
+from fastattn.ops.attention_cuda import cuda_attention, cuda_attention_fwd_op, kernel_mask_args
+from fastattn.ops.key_lengths import key_padding_lengths
 from fastattn.reference import attention_reference
 from tests.helpers import ATOL, CUDA, GRAD_FACTOR, assert_close_to_reference
 
@@ -52,6 +53,9 @@ def _mask(kind, n, h, lq, lk):
         m = torch.rand(n, lk, generator=g) > 0.3
         m[0] = False
         return m.to(DEV), KEEP, False
+    if kind == "key_padding_prefix":  # (N, L_k) bool prefixes: an odd length, then all real
+        lengths = torch.tensor([lk // 2 + 1 if i % 2 == 0 else lk for i in range(n)])
+        return (torch.arange(lk)[None, :] < lengths[:, None]).to(DEV), KEEP, False
     if kind == "key_padding_4d_int":
         return (torch.rand(n, 1, 1, lk, generator=g) > 0.4).to(torch.int32).to(DEV), KEEP, False
     if kind == "full_bool":  # (N, 1, L_q, L_k), row 0 fully masked
@@ -72,7 +76,8 @@ def _mask(kind, n, h, lq, lk):
     raise ValueError(kind)
 
 
-MASK_KINDS = ["none", "causal", "key_padding_2d", "key_padding_4d_int", "full_bool",
+MASK_KINDS = ["none", "causal", "key_padding_2d", "key_padding_prefix", "key_padding_4d_int",
+              "full_bool",
               "per_head_float_keep", "causal_and_padding", "additive", "additive_causal"]
 
 
@@ -197,6 +202,99 @@ def test_keep_mask_of_every_dtype_reads_the_same(mask_dtype):
                                    else keep, KEEP, False, 0.125)
     assert torch.equal(out, ref)
     _check(q, k, v, keep.to(mask_dtype), KEEP, backward=False)
+
+
+def _mixed_key_padding(n_rows, lk):
+    """(n_rows, L_k) bool keep rows, cycling through: fully real, fully padded, prefixes of
+    length 1, 17 and 65 (odd, across the 64-key blocks), a row that is not a prefix."""
+    lengths = [lk, 0, 1, 17, 65, lk // 2 + 1]
+    rows = [torch.arange(lk) < min(lengths[i % 6], lk) for i in range(n_rows)]
+    mask = torch.stack(rows)
+    for i in range(5, n_rows, 6):
+        mask[i, 0] = False  # a hole at key 0: not a prefix
+        mask[i, lk - 1] = True
+    return mask.to(DEV)
+
+
+def _expected_lengths(mask):
+    out = []
+    for row in mask.cpu().tolist():
+        length = sum(row)
+        out.append(length if row == [True] * length + [False] * (len(row) - length) else -1)
+    return out
+
+
+@needs_gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("lq,lk,d", [(70, 129, 64), (129, 70, 32), (17, 200, 128), (64, 64, 40),
+                                     (1, 65, 64)], ids=lambda x: str(x))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_key_padding_lengths_path_prefix_and_mask_rows_in_one_batch(dtype, lq, lk, d, causal):
+    """A (N, L_k) keep mask runs as lengths: prefix rows end their key walk at the last real
+    key, the fully padded row attends uniformly over all L_k keys, the non-prefix row reads its
+    mask; all against float64, and against the dense-mask kernel reading the same mask."""
+    n, h = 6, 2
+    q, k, v = _inputs(n, h, lq, lk, d, dtype)
+    mask = _mixed_key_padding(n, lk)
+    keep, lengths = kernel_mask_args(mask, KEEP, n, lk)
+    assert lengths is not None and lengths.tolist() == _expected_lengths(mask)
+    assert -1 in lengths.tolist() or lk == 1
+    out = _check(q, k, v, mask, KEEP, causal)
+    dense = mask[:, None, None, :].expand(n, h, lq, lk).contiguous()  # the kKeep kernel
+    assert kernel_mask_args(dense, KEEP, n, lk)[1] is None
+    scale = 1.0 / math.sqrt(d)
+    out_dense, lse_dense = cuda_attention_fwd_op(q, k, v, dense, KEEP, causal, scale)
+    torch.testing.assert_close(out.detach(), out_dense, rtol=0, atol=ATOL[dtype])
+    _, lse = cuda_attention_fwd_op(q, k, v, mask, KEEP, causal, scale)
+    torch.testing.assert_close(lse, lse_dense, rtol=1e-5, atol=1e-3)
+    expected = _reference_lse(q, k, mask, KEEP, causal, None)
+    torch.testing.assert_close(lse.double(), expected, rtol=1e-5, atol=5e-3)
+    # the fully padded row (index 1): uniform over all L_k keys (up to the diagonal if causal)
+    rows = torch.arange(lq, device=DEV)
+    visible = (torch.arange(lk, device=DEV)[None, :] <= rows[:, None]) if causal else \
+        torch.ones(lq, lk, dtype=torch.bool, device=DEV)
+    visible = visible.double()
+    mean_v = (visible @ v[1].double()) / visible.sum(-1, keepdim=True)
+    torch.testing.assert_close(out[1].double(), mean_v, atol=ATOL[dtype] * 10, rtol=0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_key_padding_forms_and_dtypes_read_the_same(dtype):
+    """(N, L_k), (N, 1, 1, L_k) and stride-0 expanded key-padding masks of any dtype take the
+    lengths path and agree bit for bit; nonzero (incl. negative, NaN) keeps, +-0 masks."""
+    n, h, lq, lk = 6, 3, 33, 150
+    q, k, v = _inputs(n, h, lq, lk, 64, dtype)
+    mask = _mixed_key_padding(n, lk)
+    ref = cuda_attention_fwd_op(q, k, v, mask, KEEP, False, 0.125)
+    values = torch.where(mask, torch.tensor(-2.5, device=DEV), torch.tensor(-0.0, device=DEV))
+    values[mask & (torch.arange(lk, device=DEV) % 7 == 0)] = float("nan")
+    for m in (mask.to(torch.int64) * 3, mask[:, None, None, :].to(torch.uint8),
+              mask[:, None, None, :].expand(n, h, lq, lk), values, values.half()):
+        assert kernel_mask_args(m, KEEP, n, lk)[1] is not None
+        out = cuda_attention_fwd_op(q, k, v, m, KEEP, False, 0.125)
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+
+
+@needs_gpu
+def test_key_lengths_argument_is_checked():
+    C = pytest.importorskip("fastattn._C")
+    q, k, v = _inputs(2, 1, 5, 7, 64, torch.float16)
+    keep = torch.ones(2, 7, dtype=torch.bool, device=DEV)
+    lengths = key_padding_lengths(keep)
+    out, _ = C.attention_fwd(q, k, v, keep, KEEP, False, 0.1, lengths)
+    torch.testing.assert_close(out, C.attention_fwd(q, k, v, None, NONE, False, 0.1)[0],
+                               rtol=0, atol=ATOL[torch.float16])
+    with pytest.raises(ValueError, match="key_lengths must be"):
+        C.attention_fwd(q, k, v, keep, KEEP, False, 0.1, lengths.long())
+    with pytest.raises(ValueError, match="key_lengths must be"):
+        C.attention_fwd(q, k, v, keep, KEEP, False, 0.1, lengths[:1])
+    with pytest.raises(ValueError, match="key_lengths needs a keep mask"):
+        C.attention_fwd(q, k, v, keep.half(), ADD, False, 0.1, lengths)
+    with pytest.raises(ValueError, match=r"\(N, L_k\)"):
+        C.attention_fwd(q, k, v, keep[:, None, None, :], KEEP, False, 0.1, lengths)
+    with pytest.raises(TypeError, match="bool or uint8"):
+        C.attention_fwd(q, k, v, keep.float(), KEEP, False, 0.1, lengths)
 
 
 @needs_gpu
@@ -453,6 +551,28 @@ def test_fake_op_gives_triton_layout():
     out, lse = cuda_attention_fwd_op(q, k, k, None, NONE, False, 0.125)
     assert out.shape == (2, 3, 17, 64) and out.transpose(1, 2).is_contiguous()
     assert lse.shape == (2, 3, 17) and lse.dtype == torch.float32
+
+
+def test_key_padding_masks_become_lengths_and_others_pass_through():
+    n, h, lq, lk = 3, 2, 5, 9
+    rows = torch.tensor([[1] * 9, [1] * 4 + [0] * 5, [0, 1] + [1] * 7])
+    for mask in (rows, rows.bool()[:, None, None, :], rows[:, None, None, :].expand(n, h, lq, lk),
+                 rows.float()[:, None, :].expand(n, lq, lk)[:, None]):
+        keep, lengths = kernel_mask_args(mask, KEEP, n, lk)
+        assert keep.dtype == torch.bool and keep.shape == (n, lk) and keep.is_contiguous()
+        assert torch.equal(keep, rows != 0) and lengths.tolist() == [9, 4, -1]
+    one_row = kernel_mask_args(rows[1], KEEP, n, lk)  # (L_k,): the same row for every sequence
+    assert one_row[0].shape == (n, lk) and one_row[1].tolist() == [4, 4, 4]
+    signed = torch.tensor([[-0.0, 1.0, float("nan")], [2.0, -1.0, 0.0]])
+    keep, lengths = kernel_mask_args(signed, KEEP, 2, 3)
+    assert keep.tolist() == [[False, True, True], [True, True, False]]
+    assert lengths.tolist() == [-1, 2]
+    per_query = torch.arange(lq)[:, None] >= torch.arange(lk)[None, :]
+    for mask, kind in ((per_query.expand(n, 1, lq, lk), KEEP),  # varies along L_q
+                       (torch.ones(1, h, 1, lk), KEEP),  # varies along heads
+                       (rows.float(), ADD), (None, NONE)):
+        passed, lengths = kernel_mask_args(mask, kind, n, lk)
+        assert passed is mask and lengths is None
 
 
 def test_routing_rule():

@@ -1,0 +1,4 @@
+// Attention forward with additive mask of dtype bfloat16: fp16 / bf16, head dims 32, 64, 128.
+#include "attention/attention_fwd.cuh"
+
+FASTATTN_INSTANTIATE_ATTENTION_FWD(kAdd, kBFloat16)

@@ -1,0 +1,4 @@
+// Attention forward with keep mask of dtype int64: fp16 / bf16, head dims 32, 64, 128.
+#include "attention/attention_fwd.cuh"
+
+FASTATTN_INSTANTIATE_ATTENTION_FWD(kKeep, kInt64)
