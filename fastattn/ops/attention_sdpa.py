@@ -86,3 +86,48 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     else:
         fill = torch.zeros((), dtype=out.dtype, device=out.device)
     return torch.where(empty, fill, out)
+
+
+VARLEN_BUCKETS = 4
+
+
+def sdpa_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                causal: bool, scale: Optional[float],
+                buckets: int = VARLEN_BUCKETS) -> torch.Tensor:
+    """Packed self-attention (q, k, v (T, H, D), the sequences of ``cu_seqlens`` (B + 1,),
+    the same for queries and keys) on a few SDPA calls: the sequences, sorted by length, are
+    cut into ``buckets`` groups of consecutive lengths; each group is gathered into a
+    (g, H, longest, D) batch with a key-padding mask, attended, and its real rows are put back.
+
+    One SDPA call per sequence would compute no padding at all, but costs a call (a parallel
+    region, which a busy CPU makes slow) per sequence and layer; one call for the whole batch
+    would compute every padded score.  Sorted buckets keep the padded work small (the
+    lengths in a group are close) with a handful of calls.  Reads cu_seqlens on the host.
+    Returns (T, H, D); rows in no sequence are 0.
+    """
+    total = q.shape[0]
+    lengths, starts = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist(), cu_seqlens[:-1].tolist()
+    order = sorted((b for b in range(len(lengths)) if lengths[b] > 0), key=lengths.__getitem__)
+    if not order:
+        return q.new_zeros(q.shape)
+    zero = q.new_zeros((1, *q.shape[1:]))
+    ext = [torch.cat([t, zero]) for t in (q, k, v)]  # row `total` reads as a zero row
+    size = -(-len(order) // max(1, buckets))
+    outs, rows_out = [], []
+    for first in range(0, len(order), size):
+        group = order[first:first + size]
+        longest = lengths[group[-1]]
+        start = torch.tensor([starts[b] for b in group], device=q.device)
+        length = torch.tensor([lengths[b] for b in group], device=q.device)
+        pos = torch.arange(longest, device=q.device)
+        valid = pos[None, :] < length[:, None]  # (g, longest)
+        rows = torch.where(valid, start[:, None] + pos[None, :], total)
+        qg, kg, vg = (t[rows].transpose(1, 2) for t in ext)  # (g, H, longest, D)
+        mask = None if lengths[group[0]] == longest else valid[:, None, None, :]
+        if causal and mask is not None:
+            mask = mask & _causal(longest, longest, q.device)
+        out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask,
+                                             is_causal=causal and mask is None, scale=scale)
+        outs.append(out.transpose(1, 2)[valid])
+        rows_out.append(rows[valid])
+    return q.new_zeros(q.shape).index_copy(0, torch.cat(rows_out), torch.cat(outs))
