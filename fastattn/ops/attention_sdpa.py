@@ -88,46 +88,52 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.where(empty, fill, out)
 
 
-VARLEN_BUCKETS = 4
+VARLEN_BUCKETS = 1
 
 
 def sdpa_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                 causal: bool, scale: Optional[float],
                 buckets: int = VARLEN_BUCKETS) -> torch.Tensor:
     """Packed self-attention (q, k, v (T, H, D), the sequences of ``cu_seqlens`` (B + 1,),
-    the same for queries and keys) on a few SDPA calls: the sequences, sorted by length, are
-    cut into ``buckets`` groups of consecutive lengths; each group is gathered into a
-    (g, H, longest, D) batch with a key-padding mask, attended, and its real rows are put back.
+    the same for queries and keys) on ``buckets`` SDPA calls: the sequences (sorted by length
+    when buckets > 1) are cut into groups; each group is gathered into a (g, longest, H, D)
+    batch (``index_select``; padded slots read row 0 and are masked as keys), attended with
+    a key-padding mask, and its real rows are selected back.
 
-    One SDPA call per sequence would compute no padding at all, but costs a call (a parallel
-    region, which a busy CPU makes slow) per sequence and layer; one call for the whole batch
-    would compute every padded score.  Sorted buckets keep the padded work small (the
-    lengths in a group are close) with a handful of calls.  Reads cu_seqlens on the host.
-    Returns (T, H, D); rows in no sequence are 0.
+    Trade-off: one SDPA call per sequence would compute no padded score, but each call is a
+    parallel region (slow on a busy CPU) and strided per-sequence views are slow in torch's
+    CPU kernel; one call for the whole batch (the default) computes the padded scores of the
+    longest sequence but moves each of q, k, v and the output once, and its real rows come
+    out in packed order.  More buckets trade calls and a final permutation for less padding.
+    Reads cu_seqlens on the host.  Returns (T, H, D); rows in no sequence are 0.
     """
     total = q.shape[0]
     lengths, starts = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist(), cu_seqlens[:-1].tolist()
-    order = sorted((b for b in range(len(lengths)) if lengths[b] > 0), key=lengths.__getitem__)
+    order = [b for b in range(len(lengths)) if lengths[b] > 0]
     if not order:
         return q.new_zeros(q.shape)
-    zero = q.new_zeros((1, *q.shape[1:]))
-    ext = [torch.cat([t, zero]) for t in (q, k, v)]  # row `total` reads as a zero row
+    if buckets > 1:
+        order.sort(key=lengths.__getitem__)
     size = -(-len(order) // max(1, buckets))
     outs, rows_out = [], []
     for first in range(0, len(order), size):
         group = order[first:first + size]
-        longest = lengths[group[-1]]
+        longest = max(lengths[b] for b in group)
         start = torch.tensor([starts[b] for b in group], device=q.device)
         length = torch.tensor([lengths[b] for b in group], device=q.device)
         pos = torch.arange(longest, device=q.device)
         valid = pos[None, :] < length[:, None]  # (g, longest)
-        rows = torch.where(valid, start[:, None] + pos[None, :], total)
-        qg, kg, vg = (t[rows].transpose(1, 2) for t in ext)  # (g, H, longest, D)
-        mask = None if lengths[group[0]] == longest else valid[:, None, None, :]
+        rows = torch.where(valid, start[:, None] + pos[None, :], 0).flatten()
+        qg, kg, vg = (t.index_select(0, rows).unflatten(0, valid.shape).transpose(1, 2)
+                      for t in (q, k, v))  # (g, H, longest, D)
+        mask = None if min(lengths[b] for b in group) == longest else valid[:, None, None, :]
         if causal and mask is not None:
             mask = mask & _causal(longest, longest, q.device)
         out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask,
                                              is_causal=causal and mask is None, scale=scale)
-        outs.append(out.transpose(1, 2)[valid])
-        rows_out.append(rows[valid])
+        keep = valid.flatten().nonzero().flatten()
+        outs.append(out.transpose(1, 2).reshape(-1, *q.shape[1:]).index_select(0, keep))
+        rows_out.append(rows.index_select(0, keep))
+    if len(outs) == 1 and outs[0].shape[0] == total:  # one group in packed order
+        return outs[0]
     return q.new_zeros(q.shape).index_copy(0, torch.cat(rows_out), torch.cat(outs))
