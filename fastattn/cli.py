@@ -1,8 +1,11 @@
-"""Command line: ``fastattn bench | check | kernels``.
+"""Command line: ``fastattn bench | check | tune | kernels``.
 
 * ``fastattn bench``   — benchmark fastattn against eager PyTorch and SDPA (see ``--help``).
-* ``fastattn check``   — what is installed, which backends run here and why not, and a small
-  correctness check of every available backend against the reference.
+* ``fastattn check``   — what is installed, which backends and launch tables run here and why
+  not, and every kernel family (forward and backward) on every available backend against the
+  float64 reference with the tolerance table; exits 1 on a mismatch.
+* ``fastattn tune``    — time the candidate launch configurations of the BERT cases on this GPU
+  and write the tuned table the launchers read (``--dry-run`` lists them without a GPU).
 * ``fastattn kernels`` — compile every shipped Triton configuration ahead of time for sm_80 and
   sm_90a (no GPU needed) and print registers, spills, shared memory and tensor-core use.
 """
@@ -20,45 +23,69 @@ from typing import List, Optional
 def _cmd_check(args) -> int:
     import torch
 
-    import fastattn
-    from fastattn import backends
+    from fastattn import selfcheck
 
+    cuda = torch.cuda.is_available()
+    if args.device is None:
+        args.device = "cuda" if cuda else "cpu"
+    if args.device == "cuda" and not cuda:
+        print("fastattn check: --device cuda asked for, but torch sees no CUDA device",
+              file=sys.stderr)
+        return 2
+    if args.info:
+        _print_environment()
+        return 0
+    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if args.device == "cpu" and not interpret and not args.no_interpret and _has_triton():
+        # the Triton kernels run on CPU tensors only under the interpreter, which must be
+        # switched on before triton is imported: run the check again in a process that has it
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        return subprocess.call([sys.executable, "-m", "fastattn.cli", *sys.argv[1:]], env=env)
+    if args.device == "cuda" and interpret:
+        print("fastattn check: TRITON_INTERPRET is set, which runs Triton on CPU tensors only",
+              file=sys.stderr)
+        return 2
+    args.dtypes = args.dtypes or (["float16", "bfloat16"] if args.device == "cuda"
+                                  else ["float32"])
+    if not args.quiet:
+        _print_environment()
+        note = selfcheck.interpreter_note()
+        if note and "bfloat16" in args.dtypes:
+            print(f"  {note}: dropped from --dtypes")
+        print(f"numerics against the float64 reference ({args.device}; tolerance: 2x the "
+              "same-precision reference's error for outputs, 3x for gradients):")
+    if selfcheck.interpreter_note():
+        args.dtypes = [d for d in args.dtypes if d != "bfloat16"] or ["float32"]
+    return selfcheck.main_numerics(args)
+
+
+def _has_triton() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("triton") is not None
+
+
+def _print_environment() -> None:
+    import torch
+
+    import fastattn
+    from fastattn import backends, tuning
+
+    cuda = torch.cuda.is_available()
     print(f"fastattn {fastattn.__version__}  python {platform.python_version()}  "
           f"torch {torch.__version__}  triton {backends.triton_version() or 'not installed'}")
-    cuda = torch.cuda.is_available()
     print(f"CUDA device: {torch.cuda.get_device_name() if cuda else 'none'}"
           f"  (torch built with CUDA {torch.version.cuda or 'no'})")
     print(f"default backend: {backends.get_default_backend()}"
           f"  (FASTATTN_BACKEND={os.environ.get('FASTATTN_BACKEND', '')!r})")
     for name, (ok, why) in backends.report().items():
         print(f"  {name:<26} {'available' if ok else 'unavailable'}: {why}")
-    failures = 0
-    devices = ["cuda"] if cuda else ["cpu"]
-    for device in devices:
-        for backend in ("torch", "triton"):
-            if backends.triton_unavailable_reason(torch.device(device)) and backend == "triton":
-                continue
-            err = _quick_error(device, backend)
-            ok = err < 2e-2
-            failures += not ok
-            print(f"  check attention backend={backend} device={device}: max error {err:.2e} "
-                  f"{'ok' if ok else 'FAILED'}")
-    return 1 if failures else 0
-
-
-def _quick_error(device: str, backend: str) -> float:
-    import torch
-
-    import fastattn
-    from fastattn.reference import attention_reference
-
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 37, 64, generator=g).to(device) for _ in range(3))
-    mask = (torch.rand(2, 1, 1, 37, generator=g) > 0.3).to(device)
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    out = fastattn.attention(q.to(dtype), k.to(dtype), v.to(dtype), mask, backend=backend)
-    ref = attention_reference(q.double(), k.double(), v.double(), mask)
-    return (out.double() - ref).abs().max().item()
+    if cuda:
+        path = tuning.table_path_for("cuda")
+        table = tuning.table_for("cuda")
+        print(f"launch configurations: {'tuned table ' + path if table else 'static tables'}"
+              f"{'' if table else f' (no tuned table {os.path.basename(path)} shipped)'}")
+    else:
+        print("launch configurations: static tables (tuned tables apply to CUDA devices)")
 
 
 def _cmd_kernels(args) -> int:
@@ -96,6 +123,11 @@ def _cmd_kernels(args) -> int:
     return 1 if failed else 0
 
 
+def _check_families():
+    from fastattn.selfcheck import FAMILIES
+    return FAMILIES
+
+
 def _cmd_bench(argv: List[str]) -> int:
     from fastattn.benchmark import main as bench_main
 
@@ -106,10 +138,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "bench":  # the benchmark owns its own argument parser
         return _cmd_bench(argv[1:])
+    if argv and argv[0] == "tune":  # so does the tuner
+        from fastattn.tune import main as tune_main
+        return tune_main(argv[1:])
     parser = argparse.ArgumentParser(prog="fastattn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("bench", help="benchmark against eager PyTorch and SDPA (fastattn bench -h)")
-    sub.add_parser("check", help="show available backends and run a quick correctness check")
+    sub.add_parser("tune", help="time launch configurations on this GPU and write a tuned "
+                                "table (fastattn tune -h)")
+    c = sub.add_parser("check", help="what runs here, and every kernel family against the "
+                                     "float64 reference (exit 1 on a mismatch)")
+    c.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="default: cuda when available")
+    c.add_argument("--families", nargs="+", default=list(_check_families()),
+                   choices=list(_check_families()))
+    c.add_argument("--dtypes", nargs="+", default=None,
+                   choices=["float32", "float16", "bfloat16"],
+                   help="default: float16 bfloat16 on CUDA, float32 on CPU")
+    c.add_argument("--backends", nargs="+", default=None, choices=["triton", "cuda", "torch"],
+                   help="default: every backend that runs here")
+    c.add_argument("--jobs", type=int, default=1,
+                   help="families checked in parallel processes (kernels compile in parallel)")
+    c.add_argument("--json", default=None, help="write the rows as JSON here ('-': stdout)")
+    c.add_argument("--quiet", action="store_true", help="no table, only --json")
+    c.add_argument("--info", action="store_true",
+                   help="only what is installed and which backends and tables run here")
+    c.add_argument("--no-interpret", action="store_true",
+                   help="on CPU, do not run the Triton kernels under the interpreter")
     k = sub.add_parser("kernels", help="compile all kernel configurations ahead of time")
     k.add_argument("--arch", nargs="+", default=["sm_80", "sm_90a"], choices=["sm_80", "sm_90a"])
     k.add_argument("--family", nargs="+", default=None,

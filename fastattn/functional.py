@@ -90,6 +90,14 @@ def _check_scale(scale):
     return float(scale)
 
 
+def _check_causal(causal, name: str = "causal") -> bool:
+    """A causal flag must be a bool: a string such as "bottom_right" would otherwise be taken
+    as True and run top-left alignment silently."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"{name} must be True or False (top-left aligned), got {causal!r}")
+    return causal
+
+
 def _check_dropout(dropout_p):
     if isinstance(dropout_p, torch.Tensor) or not isinstance(dropout_p, (int, float)):
         raise TypeError(f"dropout_p must be a Python float, got {type(dropout_p).__name__}")
@@ -179,8 +187,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     mask = _check_mask(mask, q, k, key_padding_2d=True)
     scale = _check_scale(scale)
     dropout_p = _check_dropout(dropout_p)
+    causal = _check_causal(causal)
     kind = MASK_NONE if mask is None else MASK_KEEP
-    return _dispatch(q, k, v, mask, kind, bool(causal), scale, backend, dropout_p)
+    return _dispatch(q, k, v, mask, kind, causal, scale, backend, dropout_p)
 
 
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -212,6 +221,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     _check_qkv(query, key, value)
     attn_mask = _check_mask(attn_mask, query, key, key_padding_2d=False)
     scale = _check_scale(scale)
+    is_causal = _check_causal(is_causal, "is_causal")
     if attn_mask is None:
         kind = MASK_NONE
     elif attn_mask.dtype == torch.bool:

@@ -17,3 +17,15 @@ import pytest  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# bench/gpu_check.sh gives the suite a wall-clock deadline (epoch seconds): past it, the tests
+# not yet started are reported as skipped, so the run still ends with its junit XML and summary.
+_DEADLINE = float(os.environ.get("FASTATTN_TEST_DEADLINE", "0") or 0)
+
+
+def pytest_runtest_setup(item):
+    if _DEADLINE:
+        import time
+        if time.time() > _DEADLINE:
+            pytest.skip("not run: bench/gpu_check.sh's deadline for the test step was reached")

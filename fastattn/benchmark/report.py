@@ -1,6 +1,9 @@
-"""The run's environment and its reports: report.md (one table per workload) and results.json.
+"""The run's environment and its reports: report.md (one table per workload), results.json and
+results.jsonl.
 
 results.json = {"environment": {...}, "ceilings": {...}, "rows": [one dict per case x provider]}.
+results.jsonl: one JSON object per line, the environment first ({"environment": ...}), then
+every row as its case finishes (appended and flushed, so a killed run keeps them).
 Every row keeps its status ("ok", "n/a" with a reason, "error" with the message).
 """
 from __future__ import annotations
@@ -166,14 +169,47 @@ def markdown(results: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+class IncrementalWriter:
+    """Writes the reports while the run goes on: :meth:`case_done` after every case appends its
+    rows to results.jsonl and rewrites report.md and results.json; :meth:`finish` writes them a
+    last time and draws the plots."""
+
+    def __init__(self, out_dir: str, env: Dict):
+        os.makedirs(out_dir, exist_ok=True)
+        self.out_dir, self.env = out_dir, env
+        self.jsonl = os.path.join(out_dir, "results.jsonl")
+        with open(self.jsonl, "w") as f:
+            f.write(json.dumps({"environment": env}, default=str) + "\n")
+
+    def _results(self, results: Dict, elapsed_s: float) -> Dict:
+        return dict(results, environment=dict(self.env, elapsed_s=elapsed_s))
+
+    def case_done(self, results: Dict, new_rows: List[Dict], elapsed_s: float) -> None:
+        with open(self.jsonl, "a") as f:
+            for row in new_rows:
+                f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        write_all(self._results(results, elapsed_s), self.out_dir, plots=False)
+
+    def finish(self, results: Dict, elapsed_s: float, *, plots: bool = True) -> List[str]:
+        return write_all(self._results(results, elapsed_s), self.out_dir,
+                         plots=plots) + [self.jsonl]
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def write_all(results: Dict, out_dir: str, *, plots: bool = True) -> List[str]:
     """Write report.md, results.json and (matplotlib permitting) the PNGs; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "report.md")]
-    with open(paths[0], "w") as f:
-        json.dump(results, f, indent=1, default=str)
-    with open(paths[1], "w") as f:
-        f.write(markdown(results))
+    _write_atomic(paths[0], json.dumps(results, indent=1, default=str))
+    _write_atomic(paths[1], markdown(results))
     if plots:
         from fastattn.benchmark import plots as plotting
         paths += plotting.plot_all(results["rows"], out_dir)

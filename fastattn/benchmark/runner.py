@@ -1,20 +1,27 @@
-"""``fastattn bench``: run the cases, then write report.md, results.json and the plots.
+"""``fastattn bench``: run the cases, writing the reports as each case finishes.
 
 Each case builds its inputs once; the eager reference runs first and every other provider's
 output is compared with it (relative max error, real tokens only) before it is timed.
 A provider that cannot run a case gives an "n/a" row with the reason; one that fails gives an
 "error" row; neither stops the run.
+
+Incremental: after every case its rows are appended to results.jsonl and report.md /
+results.json are rewritten, so a run killed at any point keeps every finished row.  SIGTERM (what
+``timeout`` sends) ends the run after the current provider: the remaining cases become n/a rows
+and the reports are written once more.  Plots are drawn at the end (``--no-plots`` skips them).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import os
 import re
+import signal
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -122,27 +129,104 @@ def add_speedups(rows: List[Dict]) -> None:
                 r[key] = p["median_ms"] / r["median_ms"]
 
 
+class Interrupted(BaseException):
+    """Raised inside the run by SIGTERM (see :func:`terminate_raises`); a BaseException, like
+    KeyboardInterrupt, so that no provider's error handling takes it for a failed row."""
+
+
+@contextlib.contextmanager
+def terminate_raises():
+    """Turn SIGTERM into :class:`Interrupted` inside the block (main thread only)."""
+    def handler(signum, frame):
+        raise Interrupted(f"signal {signum}")
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class BudgetClock:
+    """Decides whether a case may start within ``budget_s``: a case starts only when the time
+    spent plus a margin (the longest case of its family so far, else the longest of any
+    family, x ``safety``) stays inside the budget, so the last case ends within it.  The first
+    case always runs."""
+
+    def __init__(self, budget_s: Optional[float], safety: float = 1.25):
+        self.budget_s, self.safety = budget_s, safety
+        self.start = time.monotonic()
+        self.longest: Dict[str, float] = {}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def margin(self, family: str) -> float:
+        if family in self.longest:
+            return self.safety * self.longest[family]
+        return self.safety * max(self.longest.values(), default=0.0)
+
+    def allows(self, family: str) -> bool:
+        if self.budget_s is None or not self.longest:
+            return True
+        return self.elapsed() + self.margin(family) <= self.budget_s
+
+    def record(self, family: str, seconds: float) -> None:
+        self.longest[family] = max(self.longest.get(family, 0.0), seconds)
+
+
 def run(cases: Sequence[workloads.Case], device: torch.device, *, quick: bool = False,
-        budget_s: Optional[float] = None, progress: bool = True) -> Dict:
-    """Measure the ceilings, then every case; returns {"ceilings", "rows"}."""
+        budget_s: Optional[float] = None, progress: bool = True,
+        on_case: Optional[Callable[[Dict, List[Dict]], None]] = None) -> Dict:
+    """Measure the ceilings, then every case, most important first; returns {"ceilings",
+    "rows"} with the rows in report order.  ``on_case(results_so_far, new_rows)`` is called
+    after each case (the incremental writer).  SIGTERM inside :func:`terminate_raises`, or
+    :class:`Interrupted` / KeyboardInterrupt from a case, stops the run: the remaining cases
+    become n/a rows."""
     settings = timing.Settings.quick() if quick else timing.Settings()
     ceilings = timing.measure_ceilings(device, quick=quick)
-    start = time.monotonic()
+    clock = BudgetClock(budget_s)
     bar = _progress(sum(len(c.providers) for c in cases), progress)
-    results = {}
+    results: Dict[int, List[Dict]] = {}
+    stopped = None
     for index in sorted(range(len(cases)), key=lambda i: (cases[i].priority, i)):
         case = cases[index]
-        if results and budget_s is not None and time.monotonic() - start > budget_s:
-            results[index] = [_row(case, p, device, status="n/a",
-                                   reason=f"skipped: --budget {budget_s:g} s spent")
-                              for p in case.providers]
+        if stopped is not None:
+            results[index] = _skipped(case, device, stopped)
+        elif not clock.allows(case.family):
+            results[index] = _skipped(
+                case, device, f"skipped: --budget {budget_s:g} s would be exceeded "
+                              f"({clock.elapsed():.0f} s spent)")
         else:
             bar.set_postfix_str(f"{case.workload} {case.label}"[:60], refresh=False)
-            results[index] = run_case(case, device, settings, ceilings)
+            t0 = time.monotonic()
+            try:
+                results[index] = run_case(case, device, settings, ceilings)
+            except (Interrupted, KeyboardInterrupt) as exc:
+                stopped = f"not run: interrupted ({exc or 'KeyboardInterrupt'})"
+                results[index] = _skipped(case, device, stopped)
+            else:
+                clock.record(case.family, time.monotonic() - t0)
+                add_speedups(results[index])
         bar.update(len(case.providers))
+        if on_case is not None:
+            on_case(_assemble(cases, results, ceilings), results[index])
     bar.close()
-    rows = [r for i in range(len(cases)) for r in results[i]]
-    add_speedups(rows)
+    out = _assemble(cases, results, ceilings)
+    out["interrupted"] = stopped is not None
+    return out
+
+
+def _skipped(case, device, reason: str) -> List[Dict]:
+    return [_row(case, p, device, status="n/a", reason=reason) for p in case.providers]
+
+
+def _assemble(cases, results: Dict[int, List[Dict]], ceilings) -> Dict:
+    """Rows of the cases run so far, in report order."""
+    rows = [r for i in range(len(cases)) if i in results for r in results[i]]
     return {"ceilings": ceilings.__dict__, "rows": rows}
 
 
@@ -189,11 +273,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="output folder "
                         "(default: bench/out/<device>-<date>)")
     parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                        help="start no new case after this long (the first always runs); "
-                             "the rest become n/a rows")
+                        help="time budget: a case starts only if, with a margin (the longest "
+                             "case of its family so far), it ends within the budget; the first "
+                             "always runs; the rest become n/a rows")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's; 1 for --quick on CPU, "
                              "which keeps a quick run short on a busy machine)")
+    parser.add_argument("--max-priority", type=int, default=None, metavar="P",
+                        help="only cases of priority <= P (0: the BERT priority cases)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(list(argv))
@@ -219,16 +306,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(threads)
     out_dir = args.out or default_out_dir(device)
     os.makedirs(out_dir, exist_ok=True)
-    cases = workloads.build_cases(device, quick=args.quick, only=args.only)
+    cases = workloads.build_cases(device, quick=args.quick, only=args.only,
+                                  max_priority=args.max_priority)
     started = time.monotonic()
-    results = run(cases, device, quick=args.quick, budget_s=args.budget,
-                  progress=not args.no_progress)
-    results["environment"] = report.environment(device, quick=args.quick, only=args.only,
-                                                elapsed_s=time.monotonic() - started)
-    paths = report.write_all(results, out_dir, plots=not args.no_plots)
+    env = report.environment(device, quick=args.quick, only=args.only)
+    writer = report.IncrementalWriter(out_dir, env)
+    with terminate_raises():
+        try:
+            results = run(cases, device, quick=args.quick, budget_s=args.budget,
+                          progress=not args.no_progress,
+                          on_case=lambda res, new: writer.case_done(
+                              res, new, time.monotonic() - started))
+        except (Interrupted, KeyboardInterrupt):  # before the first case (ceilings)
+            print("fastattn bench: interrupted before the first case", file=sys.stderr)
+            return 1
+    paths = writer.finish(results, time.monotonic() - started, plots=not args.no_plots)
     counts = report.status_counts(results["rows"])
     print(f"fastattn bench: {len(results['rows'])} rows ({counts}) in "
-          f"{time.monotonic() - started:.1f} s")
+          f"{time.monotonic() - started:.1f} s"
+          + (" (interrupted)" if results.get("interrupted") else ""))
     for path in paths:
         print(f"  wrote {path}")
-    return 0
+    return 1 if results.get("interrupted") else 0

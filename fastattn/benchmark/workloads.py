@@ -41,6 +41,7 @@ HF_PROVIDERS = ("eager", "sdpa", "fastattn-attn", "fastattn-optimize")
 # Hugging Face BertConfig shapes: (name, layers, hidden, heads, intermediate)
 HF_MODELS = {"MiniLM": ("MiniLM-L6 (all-MiniLM-L6-v2 shape)", 6, 384, 12, 1536),
              "BERT-base": ("BERT-base", 12, 768, 12, 3072)}
+BERT_LENGTH = 512  # priority 0 ("the BERT cases"): what a BERT encoder runs, L <= 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +176,8 @@ def _attention_case(s, device, mode, head_dim, heads, mask_kind, length,
         unit="flop", providers=DROPOUT_PROVIDERS if dropout else ATTENTION_PROVIDERS,
         build=build, provider_fn=P.attention_provider, torch_peer="sdpa",
         valid_rows=lambda st: _rows_bhld(valid_rows(st)), compare=not dropout,
-        priority=0 if head_dim == 64 and mask_kind in ("none", "key-padding") else 1)
+        priority=0 if head_dim == 64 and mask_kind in ("none", "key-padding")
+        and length <= BERT_LENGTH else 1)
 
 
 def _rows_bhld(keep: Optional[torch.Tensor]):
@@ -231,7 +233,8 @@ def _layernorm_cases(s: Sizes, device: torch.device) -> List[Case]:
                             dtype=str(s.dtype).replace("torch.", "")),
                 sweep="hidden", panel=f"layernorm {mode}",
                 work=F.layernorm_bytes(s.layernorm_rows, hidden, elem, mode=mode), unit="byte",
-                providers=LAYERNORM_PROVIDERS, build=build, provider_fn=P.layernorm_provider))
+                providers=LAYERNORM_PROVIDERS, build=build, provider_fn=P.layernorm_provider,
+                priority=0 if hidden <= 1024 else 1))
     return cases
 
 
@@ -324,7 +327,7 @@ def _padding_sweep_cases(s: Sizes, device: torch.device) -> List[Case]:
             work=F.encoder_flops(lengths, HIDDEN, heads, FORWARD_EXPANSION, layers, mode="fwd"),
             unit="flop", providers=ENCODER_PROVIDERS, build=build,
             provider_fn=P.encoder_provider, torch_peer="torch-encoder",
-            valid_rows=_encoder_rows))
+            valid_rows=_encoder_rows, priority=1))
     return cases
 
 
@@ -372,7 +375,7 @@ def _hf_cases(s: Sizes, device: torch.device) -> List[Case]:
                                          mode=mode),
                     unit="flop", providers=HF_PROVIDERS, build=build,
                     provider_fn=P.hf_provider, torch_peer="sdpa", valid_rows=_hf_rows,
-                    priority=0 if model == "MiniLM" else 1))
+                    priority=1))
     return cases
 
 
@@ -387,12 +390,15 @@ _BUILDERS = {"attention": _attention_cases, "layernorm": _layernorm_cases,
 
 
 def build_cases(device: torch.device, *, quick: bool = False,
-                only: Optional[Sequence[str]] = None) -> List[Case]:
-    """Every case for ``device`` in report order; ``only``: families to keep (None: all)."""
+                only: Optional[Sequence[str]] = None,
+                max_priority: Optional[int] = None) -> List[Case]:
+    """Every case for ``device`` in report order; ``only``: families to keep (None: all);
+    ``max_priority``: only cases whose priority is at most this (0: the BERT priority cases)."""
     only = list(FAMILIES if only is None else only)
     unknown = [f for f in only if f not in FAMILIES]
     if unknown or not only:
         raise ValueError(f"only must name families among {FAMILIES}, got {only}")
     sizes = sizes_for(device, quick)
     return [case for family in FAMILIES if family in only
-            for case in _BUILDERS[family](sizes, device)]
+            for case in _BUILDERS[family](sizes, device)
+            if max_priority is None or case.priority <= max_priority]

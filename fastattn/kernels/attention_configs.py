@@ -133,25 +133,81 @@ def _base_candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask
     return cands
 
 
+def tuned_key(kernel: str, head_dim: int, dtype: str, mask_kind: int, mask_layout: str,
+              length: int, dropout: bool) -> str:
+    """The case key of a launch in the tuned tables (:mod:`fastattn.tuning`), e.g.
+    ``fwd|d64|float16|mask1-row|long|plain``: everything :func:`pick_config` decides on."""
+    return (f"{kernel}|d{block_d_for(head_dim)}|{dtype}|mask{mask_kind}-{mask_layout}|"
+            f"{length_bucket(length)}|{'dropout' if dropout else 'plain'}")
+
+
 def pick_config(kernel: str, head_dim: int, dtype: str, mask_kind: int, length: int,
                 smem_limit: int, interpreter: bool = False, mask_layout: str = "row",
-                dropout: bool = False) -> AttnConfig:
+                dropout: bool = False, device=None, family: str = "attention") -> AttnConfig:
     """The configuration the launcher uses.  ``length`` is L_q (fwd, dq) or L_k (dkdv).
 
     ``mask_layout``: "row" (one row per key block: key padding), "full" (a tile of 4- or 8-byte
     elements) or "narrow" (a tile of 1- or 2-byte elements: bool, uint8, float16...).
-    ``dropout``: the kernels' DROPOUT variant.
+    ``dropout``: the kernels' DROPOUT variant.  ``device``: where a tuned table for that
+    device (``family``'s entries, see :mod:`fastattn.tuning`) takes precedence over the
+    static table.
     """
     if interpreter:  # small blocks: several blocks and a ragged tail at lengths like 70
         return AttnConfig(INTERPRETER_BLOCK_M, INTERPRETER_BLOCK_N, 4, 1)
     block_d = block_d_for(head_dim)
     elem = 4 if dtype == "float32" else 2
+    if device is not None:
+        from fastattn import tuning
+
+        tuned = tuning.lookup(family, tuned_key(kernel, head_dim, dtype, mask_kind, mask_layout,
+                                                length, dropout), device)
+        cfg = _from_tuned(tuned)
+        if cfg is not None and cfg.smem_bytes(kernel, block_d, elem) <= smem_limit:
+            return cfg
     for cfg in _candidates(kernel, block_d, dtype, mask_kind, mask_layout, length_bucket(length),
                            dropout):
         if cfg.smem_bytes(kernel, block_d, elem) <= smem_limit:
             return cfg
     raise ValueError(f"no {kernel} configuration fits {smem_limit} bytes of shared memory "
                      f"for head_dim={head_dim}, dtype={dtype}")
+
+
+def _from_tuned(tuned) -> "AttnConfig | None":
+    """An AttnConfig from a tuned table's entry; None when absent or not of today's fields."""
+    if not tuned:
+        return None
+    try:
+        return AttnConfig(**tuned)
+    except TypeError:
+        return None
+
+
+# Tile shapes ``fastattn tune`` times per kernel, beside the static table's choice.
+TUNE_SHAPES = {
+    "fwd": ((128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3),
+            (128, 32, 4, 3), (64, 128, 4, 2), (128, 64, 8, 4)),
+    "bwd_dkdv": ((32, 64, 4, 3), (64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 2),
+                 (64, 64, 8, 3), (16, 64, 4, 3)),
+    "bwd_dq": ((64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 3),
+               (64, 64, 8, 3), (32, 64, 4, 3)),
+}
+
+
+def tune_candidates(kernel: str, head_dim: int, dtype: str, mask_kind: int, length: int,
+                    smem_limit: int, mask_layout: str = "row", dropout: bool = False,
+                    family: str = "attention") -> List[AttnConfig]:
+    """What ``fastattn tune`` times for one case: the static choice first, then the
+    :data:`TUNE_SHAPES` that fit ``smem_limit`` (pruned before anything is compiled)."""
+    block_d = block_d_for(head_dim)
+    elem = 4 if dtype == "float32" else 2
+    static = pick_config(kernel, head_dim, dtype, mask_kind, length, smem_limit,
+                         mask_layout=mask_layout, dropout=dropout, family=family)
+    out = [static]
+    for shape in TUNE_SHAPES[kernel]:
+        cfg = AttnConfig(*shape)
+        if cfg not in out and cfg.smem_bytes(kernel, block_d, elem) <= smem_limit:
+            out.append(cfg)
+    return out
 
 
 def smem_limit_for(capability_major: int) -> int:

@@ -21,11 +21,13 @@ INTERPRETER_PREPROCESS_BLOCK_M = 16
 
 def pick_varlen_config(kernel: str, head_dim: int, dtype: str, max_seqlen: int,
                        smem_limit: int, interpreter: bool = False,
-                       dropout: bool = False) -> AttnConfig:
+                       dropout: bool = False, device=None) -> AttnConfig:
     """The configuration the launcher uses.  ``max_seqlen`` is max_seqlen_q (fwd, dq) or
-    max_seqlen_k (dkdv); ``dropout``: the kernels' DROPOUT variant."""
+    max_seqlen_k (dkdv); ``dropout``: the kernels' DROPOUT variant; ``device``: where the
+    tuned table's ``varlen`` entries take precedence (see :mod:`fastattn.tuning`)."""
     return pick_config(kernel, head_dim, dtype, 0, max_seqlen, smem_limit,
-                       interpreter=interpreter, mask_layout="none", dropout=dropout)
+                       interpreter=interpreter, mask_layout="none", dropout=dropout,
+                       device=device, family="varlen")
 
 
 def all_configs(capability_major: int) -> Iterator[Tuple[str, int, str, bool, AttnConfig]]:

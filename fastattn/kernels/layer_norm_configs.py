@@ -64,10 +64,50 @@ LOOPED = LayerNormConfig(1, 4096, 8, looped=True)
 KERNELS = tuple(BUCKETS)
 
 
-def pick_config(hidden: int, kernel: str = "fwd") -> LayerNormConfig:
-    """The configuration the ``kernel`` ("fwd" or "bwd") launcher uses for rows of ``hidden``."""
+def tuned_key(hidden: int, kernel: str, dtype: str) -> str:
+    """The case key of a launch in the tuned tables, e.g. ``fwd|n768|float16``."""
+    return f"{kernel}|n{hidden}|{dtype}"
+
+
+def pick_config(hidden: int, kernel: str = "fwd", dtype: str = None,
+                device=None) -> LayerNormConfig:
+    """The configuration the ``kernel`` ("fwd" or "bwd") launcher uses for rows of ``hidden``;
+    with ``device`` and ``dtype``, a tuned table's entry for that exact hidden size first
+    (see :mod:`fastattn.tuning`)."""
     if hidden < 1:
         raise ValueError(f"hidden size must be positive, got {hidden}")
+    if device is not None and dtype is not None:
+        from fastattn import tuning
+
+        tuned = tuning.lookup("layer_norm", tuned_key(hidden, kernel, dtype), device)
+        if tuned:
+            try:
+                cfg = LayerNormConfig(**tuned)
+            except TypeError:  # an entry of another version's fields
+                cfg = None
+            if cfg is not None and (cfg.looped or cfg.block_n >= hidden):
+                return cfg
+    return _static_config(hidden, kernel)
+
+
+def tune_candidates(hidden: int, kernel: str) -> list:
+    """What ``fastattn tune`` times: the static choice, then the same tile width with other
+    rows per tile and warp counts."""
+    static = _static_config(hidden, kernel)
+    if static.looped:
+        return [static]
+    out = [static]
+    for block_m in (1, 2, 4, 8):
+        for warps in (2, 4, 8, 16):
+            if block_m * static.block_n > 8192 or block_m * static.block_n < warps * 32:
+                continue
+            cfg = LayerNormConfig(block_m, static.block_n, warps)
+            if cfg not in out:
+                out.append(cfg)
+    return out
+
+
+def _static_config(hidden: int, kernel: str) -> LayerNormConfig:
     for limit, cfg in BUCKETS[kernel]:
         if hidden <= limit:
             return cfg

@@ -128,7 +128,7 @@ def dropout_keep_mask(seed: torch.Tensor, shape, dropout_p: float) -> torch.Tens
 def _config(kernel, q, mask_kind, length, layout, dropout):
     return pick_config(kernel, q.shape[-1], _DTYPE_NAMES[q.dtype], mask_kind, length,
                        _smem_limit(q.device), interpreter=interpreter_enabled(),
-                       mask_layout=layout, dropout=dropout)
+                       mask_layout=layout, dropout=dropout, device=q.device)
 
 
 def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float,

@@ -63,7 +63,7 @@ def layer_norm_forward(x, residual, weight, bias, eps: float, store_sum: bool):
 
     res = x if residual is None else last_dim_contiguous(residual)
     s = xsum if store_sum else x
-    cfg = pick_config(n, "fwd")
+    cfg = pick_config(n, "fwd", str(x.dtype).removeprefix("torch."), x.device)
     args = (x, res, x if weight is None else weight, x if bias is None else bias, y, s, mean, rstd,
             x.stride(0), res.stride(0), y.stride(0), s.stride(0), m, n, float(eps),
             int(residual is not None), int(weight is not None), int(bias is not None),
@@ -95,7 +95,7 @@ def layer_norm_backward(dy, x, weight, mean, rstd, compute_dw: bool, compute_db:
     from fastattn.kernels.layer_norm import (
         layer_norm_bwd_kernel, layer_norm_bwd_looped_kernel, layer_norm_reduce_kernel)
 
-    cfg = pick_config(n, "bwd")
+    cfg = pick_config(n, "bwd", str(x.dtype).removeprefix("torch."), x.device)
     programs, per_program = backward_grid(m, cfg, _sm_count(x.device))
     outs = [t for t, want in ((dw, compute_dw), (db, compute_db)) if want]
     alloc = torch.zeros if cfg.looped else torch.empty  # looped: accumulated in place

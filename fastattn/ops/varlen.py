@@ -32,7 +32,8 @@ import torch
 
 from fastattn.backends import interpreter_enabled, resolve_backend
 from fastattn.ops.attention_sdpa import sdpa_varlen
-from fastattn.functional import _check_dropout, _check_kernel_inputs, _check_scale, _torch_path
+from fastattn.functional import (_check_causal, _check_dropout, _check_kernel_inputs,
+                                 _check_scale, _torch_path)
 from fastattn.kernels.attention_configs import block_d_for
 from fastattn.kernels.attention_varlen_configs import (
     INTERPRETER_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M, pick_varlen_config)
@@ -46,7 +47,7 @@ LOG2E = 1.4426950408889634
 def _config(kernel: str, q: torch.Tensor, max_seqlen: int, dropout: bool):
     return pick_varlen_config(kernel, q.shape[-1], _DTYPE_NAMES[q.dtype], max_seqlen,
                               _smem_limit(q.device), interpreter=interpreter_enabled(),
-                              dropout=dropout)
+                              dropout=dropout, device=q.device)
 
 
 # ------------------------------------------------------------------------------ launchers
@@ -208,8 +209,9 @@ def _check_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
     for name, t in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
         if t.dtype != torch.int32:
             raise TypeError(f"{name} must be int32, got {t.dtype}")
-        if t.dim() != 1 or t.shape[0] < 1:
-            raise ValueError(f"{name} must have shape (B + 1,), got {tuple(t.shape)}")
+        if t.dim() != 1 or t.shape[0] < 1 or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous 1-D int32 tensor of length batch + 1, "
+                             f"got shape {tuple(t.shape)} and strides {t.stride()}")
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
     if cu_q.shape != cu_k.shape:
@@ -321,6 +323,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     The kernel's LSE (fastattn::varlen_attention_fwd's second output) is (H, total_q) fp32.
     """
     _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    causal = _check_causal(causal)
     scale = _check_scale(scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     dropout_p = _check_dropout(dropout_p)

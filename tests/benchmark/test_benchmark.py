@@ -34,6 +34,9 @@ def quick_run(tmp_path_factory):
 def test_quick_run_writes_three_kinds_of_report(quick_run):
     out, results, stdout = quick_run
     assert (out / "report.md").stat().st_size > 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["environment"]["device"] == DEVICE
+    assert len(lines) - 1 == len(json.load(open(out / "results.json"))["rows"])
     for family in workloads.FAMILIES:
         png = out / f"{family}.png"
         assert png.read_bytes()[:8] == PNG_MAGIC, f"{png} is not a PNG"
@@ -144,7 +147,8 @@ def test_only_filter_runs_only_that_family(tmp_path):
     assert code == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert rows and {r["family"] for r in rows} == {"layernorm"}
-    assert sorted(os.listdir(tmp_path)) == ["layernorm.png", "report.md", "results.json"]
+    assert sorted(os.listdir(tmp_path)) == ["layernorm.png", "report.md", "results.json",
+                                            "results.jsonl"]
 
 
 def test_build_cases_filters_and_sizes():
@@ -263,3 +267,79 @@ def test_budget_turns_remaining_cases_into_na():
     assert any(r["status"] == "ok" for r in first)
     skipped = rows[len(cases[0].providers):]
     assert all(r["status"] == "n/a" and "budget" in r["reason"] for r in skipped)
+    assert results["interrupted"] is False
+
+
+def test_budget_clock_keeps_a_margin_for_the_next_case():
+    clock = runner.BudgetClock(budget_s=10.0, safety=1.5)
+    assert clock.allows("attention")  # the first case always runs
+    clock.record("attention", 4.0)
+    clock.start -= 3.0  # 3 s spent: 3 + 1.5 * 4 <= 10
+    assert clock.allows("attention")
+    clock.start -= 1.5  # 4.5 s spent: 4.5 + 6 > 10
+    assert not clock.allows("attention")
+    assert clock.allows("layernorm") is False  # unseen family: the longest case so far
+    clock.record("layernorm", 0.1)
+    assert clock.allows("layernorm")
+    assert runner.BudgetClock(None).allows("x")
+
+
+def test_max_priority_keeps_the_bert_cases():
+    cuda = workloads.build_cases(torch.device("cuda"), max_priority=0)
+    assert cuda and all(c.priority == 0 for c in cuda)
+    lengths = {c.params["length"] for c in cuda if c.family == "attention"}
+    assert lengths == {128, 512}
+    assert {c.family for c in cuda} == {"attention", "layernorm", "feedforward", "encoder"}
+    assert not any("padding sweep" in c.workload for c in cuda)
+
+
+def _bench_proc(out, *extra):
+    cmd = [sys.executable, "-m", "fastattn.cli", "bench", "--quick", "--device", "cpu",
+           "--out", str(out), "--no-progress", "--no-plots", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_rows(path, proc, n_rows, timeout=240):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= 1 + n_rows:
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError("no rows written in time")
+
+
+def test_killed_run_keeps_every_finished_row(tmp_path):
+    """SIGKILL mid-run: results.jsonl holds every finished row and report.md lists them."""
+    import signal
+    proc = _bench_proc(tmp_path, "--only", "layernorm")
+    _wait_for_rows(tmp_path / "results.jsonl", proc, 2 * len(workloads.LAYERNORM_PROVIDERS))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert lines[0]["environment"]["device"] == "cpu"
+    rows = lines[1:]
+    assert len(rows) >= 2 * len(workloads.LAYERNORM_PROVIDERS)
+    assert all(r["family"] == "layernorm" for r in rows)
+    report_md = (tmp_path / "report.md").read_text()
+    done = json.loads((tmp_path / "results.json").read_text())
+    assert len(done["rows"]) >= len(rows) - len(workloads.LAYERNORM_PROVIDERS)
+    for r in done["rows"]:
+        assert f"| {r['case']} | {r['provider']} |" in report_md
+
+
+def test_sigterm_ends_the_run_with_the_rest_as_na(tmp_path):
+    import signal
+    proc = _bench_proc(tmp_path, "--only", "layernorm")
+    _wait_for_rows(tmp_path / "results.jsonl", proc, len(workloads.LAYERNORM_PROVIDERS))
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1, output
+    assert "interrupted" in output
+    done = json.loads((tmp_path / "results.json").read_text())
+    expected = sum(len(c.providers) for c in workloads.build_cases(
+        torch.device("cpu"), quick=True, only=["layernorm"]))
+    assert len(done["rows"]) == expected
+    assert any(r["status"] == "ok" for r in done["rows"])
+    assert any(r["status"] == "n/a" and "interrupted" in r["reason"] for r in done["rows"])
