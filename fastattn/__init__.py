@@ -20,7 +20,8 @@ from fastattn.integrations import _import_hook
 __version__ = "0.1.0"
 
 
-def optimize(model, *, attention=True, layer_norm=True, feedforward=True, backend=None):
+def optimize(model, *, attention=True, layer_norm=True, feedforward=True, unpad=True,
+             backend=None):
     """Swap fastattn's kernels into a Hugging Face transformers BERT model, in place.
 
     See :func:`fastattn.integrations.transformers.optimize` (imported here on first call, so
@@ -29,7 +30,7 @@ def optimize(model, *, attention=True, layer_norm=True, feedforward=True, backen
     from fastattn.integrations.transformers import optimize as _optimize
 
     return _optimize(model, attention=attention, layer_norm=layer_norm,
-                     feedforward=feedforward, backend=backend)
+                     feedforward=feedforward, unpad=unpad, backend=backend)
 
 
 _import_hook.install()

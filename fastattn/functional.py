@@ -20,6 +20,7 @@ import torch
 
 from fastattn.backends import resolve_backend
 from fastattn.ops.attention import draw_dropout_seed, triton_attention
+from fastattn.ops.attention_sdpa import sdpa_attention
 from fastattn.reference import attention_reference
 
 MASK_NONE, MASK_KEEP, MASK_ADD, MASK_EXCLUDE = 0, 1, 2, 3  # see fastattn.ops.attention
@@ -115,8 +116,13 @@ def _check_kernel_inputs(q):
 
 
 def _torch_path(q, k, v, mask, mask_kind, causal, scale, dropout_p=0.0):
-    """Plain PyTorch, scores materialized; low-precision inputs are computed in fp32.
-    Dropout draws its keep mask with ``torch.rand`` (not the kernels' Philox stream)."""
+    """The "torch" backend.  CPU tensors without dropout: torch's fused SDPA kernel with
+    fastattn's mask rules (:mod:`fastattn.ops.attention_sdpa`).  Elsewhere (other devices, or
+    dropout, for which torch has no fused CPU kernel): plain PyTorch, scores materialized,
+    low-precision inputs computed in fp32, the dropout keep mask drawn with ``torch.rand``
+    (not the kernels' Philox stream)."""
+    if q.device.type == "cpu" and dropout_p == 0:
+        return sdpa_attention(q, k, v, mask, mask_kind, causal, scale)
     low = q.dtype in (torch.float16, torch.bfloat16)
     up = (lambda t: t.float()) if low else (lambda t: t)
     keep = mask if mask_kind == MASK_KEEP else None

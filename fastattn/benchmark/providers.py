@@ -359,3 +359,43 @@ def encoder_provider(name: str, s: dict) -> Run:
         embedding, output = next(mod.parameters()), None
     params = [embedding] + [p for p in mod.parameters() if p is not embedding]
     return Run(timed_fn(fwd, mode, params, dout), backend, output)
+
+
+# ---- Hugging Face BertModel: token ids (B, L) + attention_mask (B, L) --------------------------
+
+def hf_provider(name: str, s: dict) -> Run:
+    """``s``: config (BertConfig keywords), tokens, attention_mask (B, L), mode, dtype, device,
+    dout (B, L, E) over real tokens.  Every provider builds the same seeded weights."""
+    transformers = optional_module("transformers")
+    impl = {"eager": "eager", "sdpa": "sdpa", "fastattn-attn": "fastattn",
+            "fastattn-optimize": "sdpa"}.get(name)
+    if impl is None:
+        raise ValueError(f"unknown hf provider {name!r}")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(**s["config"], attn_implementation="eager")
+    model = transformers.BertModel(config, add_pooling_layer=False)
+    model = model.to(s["device"], s["dtype"]).train(s["mode"] != "fwd")
+    backend = f"transformers {transformers.__version__}, attn_implementation={impl!r}"
+    if name == "fastattn-attn":
+        import fastattn.integrations.transformers as hf
+
+        if not hf._uses_attention_interface(model):
+            raise NotApplicable(f"transformers {transformers.__version__}: BERT has no "
+                                "AttentionInterface (fastattn.optimize swaps modules there)")
+        model.set_attn_implementation("fastattn")
+        backend += f" ({fastattn_backend(s['device'])})"
+    elif name == "fastattn-optimize":
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("sdpa")
+        fastattn.optimize(model)
+        backend = (f"fastattn.optimize ({fastattn_backend(s['device'])}, padding-free), "
+                   f"transformers {transformers.__version__}")
+    elif hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+    else:
+        model.config._attn_implementation = impl  # transformers 4.x: read at forward time
+    tokens, mask = s["tokens"], s["attention_mask"]
+    fwd = lambda: model(input_ids=tokens, attention_mask=mask).last_hidden_state
+    embedding = model.embeddings.word_embeddings.weight
+    params = [embedding] + [p for p in model.parameters() if p is not embedding]
+    return Run(timed_fn(fwd, s["mode"], params, s["dout"]), backend)

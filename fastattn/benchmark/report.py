@@ -126,6 +126,7 @@ _FORMULAS = {
                  "5·rows·hidden·elem (fwd+bwd: + read x, dy, write dx)",
     "feedforward": "TFLOP/s = 4·tokens·E·4E (x3 fwd+bwd) / time",
     "encoder": "TFLOP/s = layers·(projections + attention + feed-forward) over real tokens / time",
+    "hf": "TFLOP/s = layers·(projections + attention + feed-forward) over real tokens / time",
 }
 _PEERS = {
     "sdpa": "torch.nn.functional.scaled_dot_product_attention, torch's own backend choice",

@@ -1,7 +1,9 @@
 """The benchmark's cases: which sizes, masks and providers, and the work each case does.
 
 Families (``--only``): attention (functional attention incl. training with attention
-dropout + the self-attention module), layernorm, feedforward, encoder.  Every case carries its FLOP or byte count (formulas in
+dropout + the self-attention module), layernorm, feedforward, encoder, hf (Hugging Face
+``BertModel`` at the MiniLM and BERT-base shapes: eager, sdpa, ``attn_implementation="fastattn"``
+and ``fastattn.optimize``).  Every case carries its FLOP or byte count (formulas in
 :mod:`fastattn.benchmark.flops`) and builds its inputs only when it runs.
 
 Sizes: BERT-base on CUDA (12 heads x 64, hidden 768, B*L ~ 16k tokens, bf16).  On CPU the
@@ -19,7 +21,7 @@ from fastattn import reference
 from fastattn.benchmark import flops as F
 from fastattn.benchmark import providers as P
 
-FAMILIES = ("attention", "layernorm", "feedforward", "encoder")
+FAMILIES = ("attention", "layernorm", "feedforward", "encoder", "hf")
 MODES = ("fwd", "fwd+bwd")
 ATTENTION_MASKS = ("none", "key-padding", "boolean", "causal")
 HIDDEN = 768
@@ -35,6 +37,10 @@ LAYERNORM_PROVIDERS = ("fastattn", "eager", "liger")
 FEEDFORWARD_PROVIDERS = ("fastattn", "eager")
 ENCODER_PROVIDERS = ("fastattn", "fastattn-padded", "eager", "torch-encoder")
 PADDING_RATIOS = (0.0, 0.25, 0.5, 0.75)
+HF_PROVIDERS = ("eager", "sdpa", "fastattn-attn", "fastattn-optimize")
+# Hugging Face BertConfig shapes: (name, layers, hidden, heads, intermediate)
+HF_MODELS = {"MiniLM": ("MiniLM-L6 (all-MiniLM-L6-v2 shape)", 6, 384, 12, 1536),
+             "BERT-base": ("BERT-base", 12, 768, 12, 3072)}
 BERT_LENGTH = 512  # priority 0 ("the BERT cases"): what a BERT encoder runs, L <= 512
 
 
@@ -51,20 +57,26 @@ class Sizes:
     encoder_length: int
     encoder_layers: int
     vocab: int = VOCAB
+    # hf family: (model, batch, length, layers or None for the model's own) per case
+    hf_runs: Tuple[Tuple[str, int, int, Optional[int]], ...] = ()
 
 
 def sizes_for(device: torch.device, quick: bool = False) -> Sizes:
     """Full BERT-base sizes on CUDA; scaled-down sizes on CPU (and for ``--quick``)."""
     full_grid = ((64, ATTENTION_MASKS), (128, ("none", "causal")))
     if device.type == "cuda":
+        hf = (("MiniLM", 16, 128, None), ("BERT-base", 16, 128 if quick else 512, None))
         return Sizes(torch.bfloat16, 16384, (128, 512) if quick else (128, 512, 2048, 8192),
                      full_grid, 16384, (768, 1024, 4096, 8192), 16384,
-                     16, 512, 2 if quick else 12)
+                     16, 512, 2 if quick else 12, hf_runs=hf)
     if quick:
         return Sizes(torch.float32, 128, (16, 64, 128), full_grid, 256,
-                     (768, 1024, 4096, 8192), 64, 2, 16, 1, vocab=1024)
+                     (768, 1024, 4096, 8192), 64, 2, 16, 1, vocab=1024,
+                     hf_runs=(("MiniLM", 2, 32, 2), ("BERT-base", 2, 32, 1)))
+    # the MiniLM 16 x 128 batch: the shape of sentence-embedding serving on a CPU
     return Sizes(torch.float32, 512, (16, 64, 256, 1024), full_grid, 1024,
-                 (768, 1024, 4096, 8192), 512, 2, 64, 2, vocab=8192)
+                 (768, 1024, 4096, 8192), 512, 2, 64, 2, vocab=8192,
+                 hf_runs=(("MiniLM", 16, 128, None), ("BERT-base", 4, 128, None)))
 
 
 def padded_lengths(batch: int, length: int) -> List[int]:
@@ -326,8 +338,54 @@ def _encoder_rows(state):
     return state["keep"][:, :, None]
 
 
+def _hf_cases(s: Sizes, device: torch.device) -> List[Case]:
+    """Hugging Face BertModel (no pooler, dropout 0 so that outputs compare), inference
+    forward (eval) and a training step (train mode, fwd+bwd), padded (mean 0.6 L) and full."""
+    cases = []
+    for model, batch, length, layers_override in s.hf_runs:
+        title, layers, hidden, heads, inter = HF_MODELS[model]
+        layers = layers_override or layers
+        config = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                      intermediate_size=inter, vocab_size=s.vocab,
+                      max_position_embeddings=max(512, length),
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        for mode in MODES:
+            for padded in (True, False):
+                lengths = padded_lengths(batch, length) if padded else [length] * batch
+
+                def build(mode=mode, lengths=lengths, config=config, batch=batch,
+                          length=length):
+                    keep = _keep_from_lengths(lengths, length, device)
+                    dout = None if mode == "fwd" else (
+                        _randn((batch, length, config["hidden_size"]), s.dtype, device, False)
+                        * keep[:, :, None])  # a loss over real tokens only
+                    return dict(config=config, mode=mode, dtype=s.dtype, device=device,
+                                tokens=torch.randint(1, s.vocab, (batch, length), device=device),
+                                attention_mask=keep.long(), keep=keep, dout=dout)
+                step = "forward (eval)" if mode == "fwd" else "training step (fwd+bwd)"
+                cases.append(Case(
+                    family="hf", workload=f"HF BertModel {title} {step}", mode=mode,
+                    label=f"B={batch} L={length} layers={layers} "
+                          f"{'padded (mean 0.6 L)' if padded else 'no padding'}",
+                    params=dict(model=model, batch=batch, length=length, layers=layers,
+                                hidden=hidden, padded=padded, real_tokens=sum(lengths),
+                                dtype=str(s.dtype).replace("torch.", "")),
+                    sweep="length", panel=f"{model} {mode}, {'padded' if padded else 'full'}",
+                    work=F.encoder_flops(lengths, hidden, heads, inter // hidden, layers,
+                                         mode=mode),
+                    unit="flop", providers=HF_PROVIDERS, build=build,
+                    provider_fn=P.hf_provider, torch_peer="sdpa", valid_rows=_hf_rows,
+                    priority=1))
+    return cases
+
+
+def _hf_rows(state):
+    """Real tokens of last_hidden_state; a training step compares the embedding gradient."""
+    return state["keep"][:, :, None] if state["mode"] == "fwd" else None
+
+
 _BUILDERS = {"attention": _attention_cases, "layernorm": _layernorm_cases,
-             "feedforward": _feedforward_cases,
+             "feedforward": _feedforward_cases, "hf": _hf_cases,
              "encoder": lambda s, d: _encoder_cases(s, d) + _padding_sweep_cases(s, d)}
 
 

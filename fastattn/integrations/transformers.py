@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Optional
+from typing import List, Optional
 
 try:
     import transformers  # noqa: F401
@@ -33,7 +33,10 @@ import torch.nn as nn
 from fastattn.backends import BACKENDS
 from fastattn.functional import scaled_dot_product_attention
 from fastattn.modules.layer_norm import LayerNorm
+from fastattn.integrations.packed_bert import (PackedSequences, is_bert_encoder,
+                                               packed_encoder_forward)
 from fastattn.ops.feedforward import feedforward
+from fastattn.ops.varlen import varlen_attention
 
 NAME = "fastattn"
 
@@ -69,6 +72,9 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     Returns:
         (attn_output (B, L_q, H, D), None) — attention weights are never materialized.
     """
+    if isinstance(attention_mask, PackedSequences):
+        return _packed_attention(module, query, key, value, attention_mask,
+                                 dropout if module.training else 0.0, scaling), None
     if kwargs.get("softcap") is not None:
         raise ValueError("attn_implementation='fastattn' does not support softcap")
     if kwargs.get("position_bias") is not None:
@@ -85,6 +91,22 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
         dropout_p=dropout if module.training else 0.0, is_causal=is_causal, scale=scaling,
         backend=getattr(module, "fastattn_backend", None))
     return out.transpose(1, 2).contiguous(), None
+
+
+def _packed_attention(module, query, key, value, sequences, dropout_p, scaling):
+    """(1, H, T, D) packed sequences -> (1, T, H, D) on fastattn.varlen_attention."""
+    if query.shape[0] != 1 or key.shape[2] != query.shape[2]:
+        raise ValueError(f"packed sequences take (1, H, T, D) self-attention inputs, got query "
+                         f"{tuple(query.shape)}, key {tuple(key.shape)}")
+    groups = getattr(module, "num_key_value_groups", 1)
+    q, k, v = (t[0].transpose(0, 1) for t in (query, _repeat_kv(key, groups),
+                                              _repeat_kv(value, groups)))  # (T, H, D) views
+    backend = getattr(module, "fastattn_backend", None)
+    out = varlen_attention(q, k, v, sequences.cu_seqlens, sequences.cu_seqlens,
+                           sequences.max_seqlen, sequences.max_seqlen, scale=scaling,
+                           dropout_p=dropout_p,
+                           backend="triton" if backend == "cuda" else backend)
+    return out[None]
 
 
 # --- the mask function -------------------------------------------------------------------------
@@ -294,12 +316,39 @@ def _fusable_layer(layer: nn.Module) -> Optional[str]:
     return _activation_name(getattr(inter, "intermediate_act_fn", None))
 
 
+def _outermost_models(model: nn.Module) -> List[nn.Module]:
+    """``model`` when it is a transformers model, else the outermost ones inside it."""
+    if hasattr(model, "config"):
+        return [model]
+    found = []
+    for child in model.children():
+        found += _outermost_models(child)
+    return found
+
+
+def _swap_attention(model: nn.Module, backend: Optional[str]) -> None:
+    if _uses_attention_interface(model):
+        register()
+        model.set_attn_implementation(NAME)
+        for module in model.modules():
+            if _is_bert_attention(module):
+                module.fastattn_backend = backend
+        return
+    _check_bert_config(getattr(model, "config", None))
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if _is_bert_attention(child, "SelfAttention"):
+                setattr(parent, name, SelfAttention(child, backend))
+
+
 def optimize(model: nn.Module, *, attention: bool = True, layer_norm: bool = True,
-             feedforward: bool = True, backend: Optional[str] = None) -> nn.Module:
+             feedforward: bool = True, unpad: bool = True,
+             backend: Optional[str] = None) -> nn.Module:
     """Swap fastattn's kernels into a transformers BERT model, in place.
 
     Args:
-        model: a ``BertModel`` / ``BertFor*`` (or a model built from the same blocks).
+        model: a ``BertModel`` / ``BertFor*`` (or a model built from the same blocks), or any
+            module holding such models (each outermost one inside is optimized).
         attention: transformers >= 5: ``model.set_attn_implementation("fastattn")``;
             transformers 4.x: each ``BertSelfAttention`` is replaced by :class:`SelfAttention`
             (encoders with absolute positions only).
@@ -308,6 +357,12 @@ def optimize(model: nn.Module, *, attention: bool = True, layer_norm: bool = Tru
         feedforward: BERT layers whose intermediate activation fastattn computes exactly (erf
             "gelu", "relu", torch's tanh gelu) run the intermediate and output Linears on
             :func:`fastattn.feedforward`; the output dropout is kept where it was.
+        unpad: padding-free encoders (needs ``attention``): with a padded batch, every BERT
+            encoder inside ``model`` removes the padding once after the embeddings, runs its
+            layers on the packed real tokens (variable-length attention) and restores the
+            padded layout at its output, where padded positions are 0 (see
+            :mod:`fastattn.integrations.packed_bert`).  Switched per encoder, also later, by
+            its ``fastattn_unpad`` attribute.
         backend: "auto", "triton", "torch", "cuda" or None (the process default at each call)
             for every swapped op.
     Returns:
@@ -318,18 +373,8 @@ def optimize(model: nn.Module, *, attention: bool = True, layer_norm: bool = Tru
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     if attention:
-        if _uses_attention_interface(model):
-            register()
-            model.set_attn_implementation(NAME)
-            for module in model.modules():
-                if _is_bert_attention(module):
-                    module.fastattn_backend = backend
-        else:
-            _check_bert_config(getattr(model, "config", None))
-            for parent in list(model.modules()):
-                for name, child in list(parent.named_children()):
-                    if _is_bert_attention(child, "SelfAttention"):
-                        setattr(parent, name, SelfAttention(child, backend))
+        for sub in _outermost_models(model):
+            _swap_attention(sub, backend)
     if layer_norm:
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
@@ -338,6 +383,10 @@ def optimize(model: nn.Module, *, attention: bool = True, layer_norm: bool = Tru
         for module in model.modules():
             if _fusable_output(module):
                 _swap_method(module, "forward", _output_forward)
+    for module in list(model.modules()):
+        if is_bert_encoder(module):
+            module.fastattn_unpad = bool(unpad and attention)
+            _swap_method(module, "forward", packed_encoder_forward)
     if feedforward:
         for module in list(model.modules()):
             activation = _fusable_layer(module)

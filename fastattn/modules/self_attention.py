@@ -3,7 +3,8 @@
 Same constructor, forward signature and parameter names (``values, keys, queries, fc_out``) as
 :class:`fastattn.reference.SelfAttention`, so state dicts move both ways.  When ``values``,
 ``keys`` and ``query`` are one tensor (self-attention), the three projections run as one GEMM
-over the concatenated weights and Q, K, V are strided views of its output: no copies.
+over the concatenated weights and Q, K, V are strided views of its output: no copies.  On the
+"torch" backend (CPU under "auto") they stay three GEMMs, which saves the weight copy.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastattn.backends import resolve_backend
 from fastattn.functional import attention
 from fastattn.ops.varlen import varlen_attention
 
@@ -70,6 +72,10 @@ class SelfAttention(nn.Module):
         """Q (N, L_q, E), K, V (N, L_k, E) after the projections, fused where inputs coincide."""
         if not self.qkv_projection:
             return query, keys, values
+        if resolve_backend(self.backend, query.device) == "torch":
+            # torch's GEMMs run as fast on three weights as on their concatenation, which would
+            # be a copy of 3 E x E weights (and its backward) on every call
+            return self.queries(query), self.keys(keys), self.values(values)
         if values is keys and keys is query:
             w = torch.cat([self.queries.weight, self.keys.weight, self.values.weight])
             b = torch.cat([self.queries.bias, self.keys.bias, self.values.bias])

@@ -154,6 +154,25 @@ def _torch_activation(h, activation):
     return F.gelu(h, approximate="tanh" if activation == "gelu_tanh" else "none")
 
 
+def _torch_feedforward(x, w1, b1, w2, b2, activation, residual):
+    """The "torch" backend: two ``addmm`` (bias in the GEMM, as nn.Linear on 2-D inputs), the
+    ReLU fused into the first where no gradient is needed (``_addmm_activation``, which has no
+    autograd formula; its GELU is not exactly torch's tanh GELU, so GELUs stay separate), the
+    residual added in place into the second GEMM's fresh output.  No other copy is made."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, w1, b1, w2, b2, residual) if t is not None)
+    if activation == "relu" and not grad:
+        a = torch._addmm_activation(b1, x2, w1.t())
+    else:
+        a = _torch_activation(torch.addmm(b1, x2, w1.t()), activation)
+    y = torch.addmm(b2, a, w2.t())
+    if residual is not None:
+        y = y.add_(residual.reshape(y.shape))
+    return y.view(*shape[:-1], y.shape[-1])
+
+
 def feedforward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                 b2: torch.Tensor, activation: str = "relu",
                 residual: Optional[torch.Tensor] = None, *,
@@ -172,8 +191,7 @@ def feedforward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
     _check(x, w1, b1, w2, b2, activation, residual)
     chosen = resolve_backend(backend, x.device)
     if chosen == "torch":
-        y = F.linear(_torch_activation(F.linear(x, w1, b1), activation), w2, b2)
-        return y if residual is None else y + residual
+        return _torch_feedforward(x, w1, b1, w2, b2, activation, residual)
     if chosen == "cuda":  # cuBLAS GEMMs, the bias + activation in the CUDA C++ kernel
         from fastattn.ops.bias_act_cuda import cuda_bias_act
 

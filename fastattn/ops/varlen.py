@@ -31,6 +31,7 @@ from typing import Optional, Tuple
 import torch
 
 from fastattn.backends import interpreter_enabled, resolve_backend
+from fastattn.ops.attention_sdpa import sdpa_varlen
 from fastattn.functional import (_check_causal, _check_dropout, _check_kernel_inputs,
                                  _check_scale, _torch_path)
 from fastattn.kernels.attention_configs import block_d_for
@@ -224,7 +225,11 @@ def _check_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
 
 
 def _torch_varlen(q, k, v, cu_q, cu_k, causal, scale, dropout_p=0.0):
-    """Plain PyTorch, one sequence at a time (reads cu_seqlens on the host)."""
+    """Plain PyTorch (reads cu_seqlens on the host).  Self-attention on CPU without dropout:
+    torch's fused SDPA kernel over length buckets (:func:`fastattn.ops.attention_sdpa.
+    sdpa_varlen`); otherwise one sequence at a time through the torch attention path."""
+    if q.device.type == "cpu" and dropout_p == 0 and (cu_q is cu_k or torch.equal(cu_q, cu_k)):
+        return sdpa_varlen(q, k, v, cu_q, causal, scale)
     outs = []
     bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
     for b in range(len(bounds_q) - 1):

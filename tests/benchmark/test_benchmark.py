@@ -164,6 +164,13 @@ def test_build_cases_filters_and_sizes():
     assert full.attention_lengths == (128, 512, 2048, 8192) and full.attention_tokens == 16384
     assert full.layernorm_hidden == (768, 1024, 4096, 8192) and full.encoder_layers == 12
     assert (full.encoder_batch, full.encoder_length) == (16, 512)
+    hf = workloads.build_cases(cpu, only=["hf"])  # the MiniLM 16 x 128 batch runs on CPU
+    minilm = [c for c in hf if c.params["model"] == "MiniLM"]
+    assert {(c.params["batch"], c.params["length"], c.params["layers"], c.params["hidden"])
+            for c in minilm} == {(16, 128, 6, 384)}
+    assert {(c.mode, c.params["padded"]) for c in minilm} == {
+        (m, p) for m in workloads.MODES for p in (True, False)}
+    assert all(c.providers == workloads.HF_PROVIDERS and c.torch_peer == "sdpa" for c in hf)
     for quick in (False, True):  # CPU: same workloads, smaller sizes
         small = workloads.sizes_for(cpu, quick)
         assert max(small.attention_lengths) < max(full.attention_lengths)

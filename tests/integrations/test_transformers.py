@@ -249,7 +249,7 @@ def test_optimize_matches_original_and_keeps_state_dict(impl):
     ref64, ref32 = references(original, ids, mask, weight)
     model = copy.deepcopy(original)
     params = {n: id(p) for n, p in model.named_parameters()}
-    assert fastattn.optimize(model, backend="triton") is model
+    assert fastattn.optimize(model, backend="triton", unpad=False) is model  # padded layout
     assert {n: id(p) for n, p in model.named_parameters()} == params
     assert list(model.state_dict()) == list(original.state_dict())
     model.load_state_dict(original.state_dict())  # strict: same keys, same shapes
@@ -269,7 +269,7 @@ def test_optimize_matches_original_and_keeps_state_dict(impl):
 def test_optimize_keeps_dropout_semantics():
     """Hidden dropout in training mode: same random masks at the same places as the original."""
     original = bert(attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.2).train()
-    model = fastattn.optimize(copy.deepcopy(original), backend="triton")
+    model = fastattn.optimize(copy.deepcopy(original), backend="triton", unpad=False)
     ids, mask = batch("padded")
     torch.manual_seed(3)
     ref = original(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -279,6 +279,83 @@ def test_optimize_keeps_dropout_semantics():
     other = model(input_ids=ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
     assert (other - ref).abs().max() > 1e-2  # dropout really is on
+
+
+def _count_packed_calls(monkeypatch):
+    calls = []
+    real = hf.varlen_attention
+
+    def counting(q, *args, **kwargs):
+        calls.append(q.shape[0])
+        return real(q, *args, **kwargs)
+    monkeypatch.setattr(hf, "varlen_attention", counting)
+    return calls
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])  # 4.x: (B,1,1,L) and (B,1,L,L) masks
+def test_optimize_runs_packed_real_tokens(impl, backend, monkeypatch):
+    """Padding-free encoder: real tokens (outputs, every hidden state, every gradient of a loss
+    over real tokens) equal the padded computation; padded positions are 0."""
+    original = bert(attn_implementation=impl)
+    ids, mask = batch("padded")
+    keep = mask.bool()[..., None]
+    weight = torch.randn(*ids.shape, 32) * keep
+    ref64, ref32 = references(original, ids, mask, weight)
+    model = fastattn.optimize(copy.deepcopy(original), backend=backend)
+    calls = _count_packed_calls(monkeypatch)
+    out, grads = run(model, ids, mask, weight)
+    assert calls == [28, 28], "every layer attends the 28 packed real tokens"
+    assert torch.count_nonzero(out * ~keep) == 0, "padded positions are 0"
+    masked = lambda ref: (torch.where(keep, ref[0], 0.0), ref[1])
+    assert_matches((out, grads), masked(ref64), masked(ref32), f"unpad/{impl}/{backend}")
+    with torch.no_grad():
+        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        ref_states = original(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    assert len(states.hidden_states) == len(ref_states.hidden_states) == 3
+    torch.testing.assert_close(states.hidden_states[0], ref_states.hidden_states[0])
+    for got, ref in zip(states.hidden_states[1:], ref_states.hidden_states[1:]):
+        assert got.shape == ref.shape and torch.count_nonzero(got * ~keep) == 0
+        torch.testing.assert_close(got, torch.where(keep, ref, 0.0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(states.last_hidden_state, states.hidden_states[-1])
+
+
+def test_optimize_unpad_switch_and_unpadded_batches(monkeypatch):
+    original = bert()
+    model = fastattn.optimize(copy.deepcopy(original))
+    calls = _count_packed_calls(monkeypatch)
+    ids, mask = batch("full")
+    with torch.no_grad():  # no padding: the padded layout, no mask, no packing
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).last_hidden_state,
+                                   original(input_ids=ids, attention_mask=mask).last_hidden_state)
+        assert calls == []
+        ids, mask = batch("padded")
+        model.encoder.fastattn_unpad = False  # the switch: padded layout, padded positions too
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).last_hidden_state,
+                                   original(input_ids=ids, attention_mask=mask).last_hidden_state)
+        assert calls == []
+        fastattn.optimize(model, unpad=False)
+        assert model.encoder.fastattn_unpad is False
+
+
+def test_optimize_finds_bert_inside_any_module(monkeypatch):
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = bert()
+            self.head = torch.nn.Linear(32, 2)
+
+        def forward(self, ids, mask):
+            return self.head(self.body(input_ids=ids, attention_mask=mask).last_hidden_state)
+    original = Wrapper().eval()
+    model = fastattn.optimize(copy.deepcopy(original))
+    calls = _count_packed_calls(monkeypatch)
+    ids, mask = batch("padded")
+    keep = mask.bool()[..., None]
+    with torch.no_grad():
+        got, ref = model(ids, mask), original(ids, mask)
+    assert calls == [28, 28]
+    torch.testing.assert_close(got * keep, ref * keep, atol=1e-5, rtol=1e-5)
 
 
 def test_optimize_rejects_bad_arguments():

@@ -104,3 +104,24 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
         feedforward(x.double(), w1.double(), b1.double(), w2.double(), b2.double(),
                     backend="triton")
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("act", ACTS)
+def test_torch_backend_equals_linear_activation_linear(act, grad):
+    """The "torch" backend (addmm, fused activation without grad) is nn.Linear + act + Linear."""
+    x = torch.randn(2, 9, 2 * 24, device=DEVICE)[..., ::2]  # (2, 9, 24), strided
+    res = torch.randn(2, 9, 24, device=DEVICE)
+    params = [p.requires_grad_(grad) for p in _params(24, 48, torch.float32)]
+    w1, b1, w2, b2 = params
+    act_fn = {"relu": torch.relu, "gelu": torch.nn.functional.gelu,
+              "gelu_tanh": lambda t: torch.nn.functional.gelu(t, approximate="tanh")}[act]
+    ref = torch.nn.functional.linear(act_fn(torch.nn.functional.linear(x, w1, b1)), w2, b2)
+    y = feedforward(x, *params, act, res, backend="torch")
+    assert y.shape == (2, 9, 24)
+    torch.testing.assert_close(y, ref + res, atol=1e-5, rtol=1e-5)
+    if grad:
+        got = torch.autograd.grad(y.sum(), params)
+        want = torch.autograd.grad((ref + res).sum(), params)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
