@@ -32,7 +32,7 @@ DROPOUT_PROVIDERS = ("fastattn", "eager", "sdpa", "sdpa-flash", "sdpa-efficient"
 ATTENTION_DROPOUT = 0.1  # BERT's attention_probs_dropout_prob
 SELF_ATTENTION_PROVIDERS = ("fastattn", "eager", "torch-mha")
 LAYERNORM_PROVIDERS = ("fastattn", "eager", "liger")
-FEEDFORWARD_PROVIDERS = ("fastattn", "eager")
+FEEDFORWARD_PROVIDERS = ("fastattn", "fastattn-triton", "cublas-epilogue", "eager")
 ENCODER_PROVIDERS = ("fastattn", "fastattn-padded", "eager", "torch-encoder")
 PADDING_RATIOS = (0.0, 0.25, 0.5, 0.75)
 

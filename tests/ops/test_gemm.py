@@ -157,3 +157,25 @@ def test_dispatch_defaults_to_cublas_and_follows_the_tuned_table():
     with tuning.override("matmul", key, {"backend": "cublas"}):
         assert choose_backend(cuda, key)[0] == "cublas"
     assert choose_backend(torch.device("cpu"), key)[0] == "triton"
+
+
+def test_feedforward_cases_are_the_keys_the_dispatch_looks_up(monkeypatch):
+    """The keys ``fastattn tune`` writes (feedforward_cases) are those each GEMM of a
+    feed-forward forward + backward asks the tuned table for."""
+    import fastattn.ops.feedforward as ff
+
+    seen = {}
+    real = ff.gemm
+
+    def spy(a, b, epilogue="plain", **kw):
+        seen[gemm_case(a, b, epilogue)] = epilogue
+        return real(a, b, epilogue, **kw)
+
+    monkeypatch.setattr(ff, "gemm", spy)
+    x = torch.randn(5, 16, device=DEVICE, requires_grad=True)
+    w1, w2 = torch.randn(64, 16, device=DEVICE), torch.randn(16, 64, device=DEVICE)
+    b1, b2 = torch.zeros(64, device=DEVICE), torch.zeros(16, device=DEVICE)
+    params = [t.requires_grad_() for t in (w1, b1, w2, b2)]
+    ff.feedforward(x, *params, "gelu", backend="triton").sum().backward()
+    expected = feedforward_cases(5, 16, 64, "float32", "gelu", residual=False, training=True)
+    assert set(seen) == set(expected.values())
