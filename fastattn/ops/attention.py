@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 import torch
 
 from fastattn.backends import interpreter_enabled
-from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on
+from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on, target_device
 from fastattn.kernels.attention_configs import (
     DEFAULT_SMEM_LIMIT, DROPOUT_MASK_BLOCK, block_d_for, pick_config, smem_limit_for)
 
@@ -45,6 +45,9 @@ def _device_smem_limit(index: int) -> int:
 
 
 def _smem_limit(device: torch.device) -> int:
+    target = target_device()
+    if target is not None:  # compiling for a target (fastattn kernels), see ops/launch.py
+        return target.smem_limit
     if device.type != "cuda":
         return DEFAULT_SMEM_LIMIT
     return _device_smem_limit(device.index if device.index is not None else
