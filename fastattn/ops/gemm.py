@@ -27,35 +27,36 @@ from fastattn.backends import interpreter_enabled
 from fastattn.kernels.matmul_configs import (EPILOGUES, LAYOUTS, MatmulConfig, case_key,
                                              pick_config)
 from fastattn.ops.attention import _DTYPE_NAMES, _precision, _smem_limit
-from fastattn.ops.launch import cdiv, launch_on
+from fastattn.ops.launch import cdiv, device_capability, launch_on, target_device
 
 _ACT_NAMES = {1: "relu", 2: "gelu", 3: "gelu_tanh"}
 _HALF = (torch.float16, torch.bfloat16)
 
 
 @functools.lru_cache(maxsize=None)
-def _capability(index: int) -> Tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
-
-
-def _device_index(device: torch.device) -> int:
-    return device.index if device.index is not None else torch.cuda.current_device()
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _num_programs(device: torch.device) -> int:
+    """Persistent programs: one per SM (the compile target's in the static report)."""
+    target = target_device()
+    if target is not None:
+        return target.sm_count
     if device.type != "cuda":
         return 4  # the interpreter: a few persistent programs, each walking several tiles
-    return torch.cuda.get_device_properties(_device_index(device)).multi_processor_count
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def tma_unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     """None when the TMA kernel can run for ``dtype`` on ``device`` (operands aside)."""
     if dtype not in _HALF:
         return f"the TMA kernel takes float16 / bfloat16, got {dtype}"
-    if device.type == "cuda":
-        major = _capability(_device_index(device))[0]
-        if major != 9:
-            return f"the TMA kernel is built for sm_90 (Hopper), this GPU is sm_{major}x"
+    capability = device_capability(device)
+    if capability is not None:
+        if capability[0] != 9:
+            return (f"the TMA kernel is built for sm_90 (Hopper), this GPU is "
+                    f"sm_{capability[0]}{capability[1]}")
         return None
     if device.type == "cpu" and interpreter_enabled():
         return None
