@@ -18,8 +18,8 @@ and any operand TMA cannot address) and the epilogue math shared with the Hopper
 ``matmul_tma.py``.
 
 Design trade-off: one program per (BLOCK_M, BLOCK_N) tile of C with a K loop on tensor cores
-(tl.dot; mma.sync on sm_80, wgmma on sm_90a for fp16/bf16), programs ordered in groups of GROUP_M row tiles so that
-neighbours share B tiles in L2.  The epilogue runs on the fp32 accumulator while it is still in
+(tl.dot; mma.sync on sm_80, wgmma on sm_90a for fp16/bf16), programs ordered in groups of
+GROUP_M row tiles so that neighbours share B tiles in L2.  The epilogue runs on the fp32 accumulator while it is still in
 registers, so bias, activation, activation gradient and residual cost no extra pass over memory.
 No split-K: the feed-forward's K (E or 4E) is small enough that tiles of C give full occupancy
 at BERT token counts.
@@ -83,11 +83,12 @@ def tile_coords(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
 
 
 @triton.jit
-def epilogue_math(acc, bias, pre, residual, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-                  ACT_GRAD: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """The epilogue on the fp32 accumulator tile; returns (output, pre-activation).  ``bias``:
-    a (1, BLOCK_N) row, ``pre``: the stored pre-activation tile (ACT_GRAD), ``residual``: a
-    tile, all fp32; an operand whose switch is off is not read (pass 0)."""
+def epilogue_math(acc, bias, pre, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+                  ACT_GRAD: tl.constexpr):
+    """The epilogue on the fp32 accumulator tile up to the residual (which the kernels add
+    after loading it, so that its tile is not live through the activation); returns
+    (output, pre-activation).  ``bias``: a (1, BLOCK_N) row, ``pre``: the stored
+    pre-activation tile (ACT_GRAD), both fp32; an operand whose switch is off is not read."""
     if HAS_BIAS:
         acc = acc + bias
     h = acc
@@ -95,8 +96,6 @@ def epilogue_math(acc, bias, pre, residual, HAS_BIAS: tl.constexpr, ACTIVATION: 
         acc = _activation(acc, ACTIVATION)
     if ACT_GRAD != 0:
         acc = acc * _activation_grad(pre, ACT_GRAD)
-    if HAS_RESIDUAL:
-        acc = acc + residual
     return acc, h
 
 
@@ -139,16 +138,14 @@ def matmul_epilogue_kernel(
     pre = 0.0
     if ACT_GRAD != 0:
         pre = tl.load(pre_ptr, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
-    residual = 0.0
+    out, h = epilogue_math(acc, bias, pre, HAS_BIAS, ACTIVATION, ACT_GRAD)
+    if STORE_PRE:
+        tl.store(pre_ptr, h.to(PRE.dtype.element_ty), boundary_check=(0, 1))
     if HAS_RESIDUAL:
         res_ptr = tl.make_block_ptr(RESIDUAL, shape=(M, N), strides=(stride_rm, stride_rn),
                                     offsets=(start_m, start_n), block_shape=(BLOCK_M, BLOCK_N),
                                     order=(1, 0))
-        residual = tl.load(res_ptr, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
-    out, h = epilogue_math(acc, bias, pre, residual, HAS_BIAS, ACTIVATION, ACT_GRAD,
-                           HAS_RESIDUAL)
-    if STORE_PRE:
-        tl.store(pre_ptr, h.to(PRE.dtype.element_ty), boundary_check=(0, 1))
+        out += tl.load(res_ptr, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     c_ptr = tl.make_block_ptr(C, shape=(M, N), strides=(stride_cm, stride_cn),
                               offsets=(start_m, start_n), block_shape=(BLOCK_M, BLOCK_N),
                               order=(1, 0))

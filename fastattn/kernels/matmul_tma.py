@@ -86,11 +86,9 @@ def matmul_tma_kernel(
         pre = 0.0
         if ACT_GRAD != 0:
             pre = pre_desc.load([off_m, off_n]).to(tl.float32)
-        residual = 0.0
-        if HAS_RESIDUAL:
-            residual = res_desc.load([off_m, off_n]).to(tl.float32)
-        out, h = epilogue_math(acc, bias, pre, residual, HAS_BIAS, ACTIVATION, ACT_GRAD,
-                               HAS_RESIDUAL)
+        out, h = epilogue_math(acc, bias, pre, HAS_BIAS, ACTIVATION, ACT_GRAD)
         if STORE_PRE:
             pre_desc.store([off_m, off_n], h.to(PRE.dtype.element_ty))
+        if HAS_RESIDUAL:
+            out += res_desc.load([off_m, off_n]).to(tl.float32)
         c_desc.store([off_m, off_n], out.to(C.dtype.element_ty))
