@@ -28,6 +28,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 DTYPES = ("float32", "float16", "bfloat16")
 HALF_DTYPES = ("float16", "bfloat16")
 SMALL_M = 512
+# Activation name -> the kernels' ACTIVATION / ACT_GRAD code (kernels/matmul.py).
+ACTIVATIONS = {"relu": 1, "gelu": 2, "gelu_tanh": 3}
 
 # Epilogue switches: name -> (HAS_BIAS, ACTIVATION, STORE_PRE, ACT_GRAD, HAS_RESIDUAL)
 EPILOGUES: Dict[str, Tuple[bool, int, bool, int, bool]] = {

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from fastattn.backends import get_default_backend, resolve_backend
+from fastattn.kernels.matmul_configs import ACTIVATIONS
 from fastattn.ops.gemm import gemm, matmul  # noqa: F401  (matmul: the Triton GEMM)
 
-ACTIVATIONS = {"relu": 1, "gelu": 2, "gelu_tanh": 3}
 _ACT_NAMES = {v: k for k, v in ACTIVATIONS.items()}
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from fastattn.backends import interpreter_enabled
-from fastattn.kernels.matmul_configs import (EPILOGUES, LAYOUTS, MatmulConfig, case_key,
-                                             pick_config)
+from fastattn.kernels.matmul_configs import (ACTIVATIONS, EPILOGUES, LAYOUTS, MatmulConfig,
+                                             case_key, pick_config)
 from fastattn.ops.attention import _DTYPE_NAMES, _precision, _smem_limit
 from fastattn.ops.launch import cdiv, device_capability, launch_on, target_device
 
-_ACT_NAMES = {1: "relu", 2: "gelu", 3: "gelu_tanh"}
+_ACT_NAMES = {v: k for k, v in ACTIVATIONS.items()}
 _HALF = (torch.float16, torch.bfloat16)
 
 
