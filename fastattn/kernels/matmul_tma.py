@@ -20,7 +20,7 @@ The epilogue stays outside the K loop: it reads the residual / pre-activation ti
 C (and PRE) through TMA.  Large tiles (128 x 128 or 128 x 256) amortise the loop's bookkeeping
 over BLOCK_M x BLOCK_N x BLOCK_K multiply-adds; ragged edges are handled by TMA (zero fill on
 load, clipping on store), so the loop has no bounds arithmetic.  Measured on sm_90a with
-triton 3.6 and 3.8 (same SASS): ``tl.range(..., warp_specialize=True)`` changes nothing on
+triton 3.6 and 3.8 alike: ``tl.range(..., warp_specialize=True)`` leaves the K loop unchanged on
 Hopper, and ``flatten=True`` on the tile loop pulls the whole epilogue into the K loop's body
 (~2,600 instructions per 8 wgmma), so the loops stay nested and plain.
 """
