@@ -17,8 +17,8 @@ GROUP_M row tiles (neighbours share B in L2).  The K loop holds only TMA loads i
 memory (the transposes are shared-memory views, no ldmatrix or register copy), so Triton's
 pipeliner overlaps the next stages' loads with the math and keeps one wgmma group in flight.
 The epilogue stays outside the K loop: it reads the residual / pre-activation tile and writes
-C (and PRE) through TMA.  Large tiles (128 x 128 or 128 x 256) amortise the loop's bookkeeping
-over BLOCK_M x BLOCK_N x BLOCK_K multiply-adds; ragged edges are handled by TMA (zero fill on
+C (and PRE) through TMA.  Large tiles (128 x 128 x 128; 128 x 256 spills once a GELU is fused)
+amortise the loop's bookkeeping over BLOCK_M x BLOCK_N x BLOCK_K multiply-adds; ragged edges are handled by TMA (zero fill on
 load, clipping on store), so the loop has no bounds arithmetic.  Measured on sm_90a with
 triton 3.6 and 3.8 alike: ``tl.range(..., warp_specialize=True)`` leaves the K loop unchanged on
 Hopper, and ``flatten=True`` on the tile loop pulls the whole epilogue into the K loop's body
