@@ -179,3 +179,22 @@ def test_feedforward_cases_are_the_keys_the_dispatch_looks_up(monkeypatch):
     ff.feedforward(x, *params, "gelu", backend="triton").sum().backward()
     expected = feedforward_cases(5, 16, 64, "float32", "gelu", residual=False, training=True)
     assert set(seen) == set(expected.values())
+
+
+def test_feedforward_dispatch_reason_names_each_gemm(monkeypatch):
+    import fastattn.ops.feedforward as ff
+
+    assert "PyTorch path" in ff.feedforward_dispatch_reason("cpu", torch.float16, 8192, 768, 3072)
+    monkeypatch.setattr(ff, "resolve_backend", lambda backend, device: "triton")
+    cuda = torch.device("cuda", 0)
+    key = case_key("bias_gelu_nopre", "float16", "nt", 8192, 768, 3072)
+    with tuning.override("matmul", key, tune_candidates(key)[1]):
+        text = ff.feedforward_dispatch_reason(cuda, torch.float16, 8192, 768, 3072)
+    lines = text.splitlines()
+    assert [line.split()[0] for line in lines] == ["ffn1", "ffn2"]
+    assert "Triton tma 128x128x128" in lines[0] and key in lines[0]
+    if not torch.cuda.is_available():
+        assert "cuBLAS(Lt)" in lines[1]
+    training = ff.feedforward_dispatch_reason(cuda, torch.float16, 8192, 768, 3072,
+                                              training=True)
+    assert len(training.splitlines()) == 6
