@@ -37,6 +37,7 @@ KERNEL_NAMES = {
     "varlen_attention_bwd_dkdv_kernel": "varlen_bwd_dkdv",
     "varlen_attention_bwd_dq_kernel": "varlen_bwd_dq",
     "matmul_epilogue_kernel": "matmul",
+    "matmul_tma_kernel": "matmul",
 }
 
 # Columns of the printed table, in order.

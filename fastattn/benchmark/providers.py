@@ -260,19 +260,68 @@ def layernorm_provider(name: str, s: dict) -> Run:
 
 
 def feedforward_provider(name: str, s: dict) -> Run:
+    """eager: torch's Linear, ReLU, Linear; fastattn: FeedForward under "auto" (per GEMM the
+    tuned choice, cuBLAS(Lt) without a tuned table); fastattn-triton: always the Triton
+    epilogue GEMMs; cublas-epilogue: always cuBLAS(Lt) with its fused epilogue and torch's
+    elementwise ops for the rest."""
     x, mode, dout, ref = s["x"], s["mode"], s["dout"], s["reference"]
+    forced = None
     if name == "eager":
         mod, backend = ref, "torch (Linear, ReLU, Linear)"
         output = Run.output
-    elif name == "fastattn":
+    elif name in ("fastattn", "fastattn-triton", "cublas-epilogue"):
+        if name != "fastattn" and x.device.type != "cuda":
+            raise NotApplicable(f"{name} compares CUDA GEMM paths (CUDA only)")
         cls = fastattn_module("FeedForward", "feedforward")
-        mod = cls(s["embed"], s["expansion"], activation="relu").to(x.device, x.dtype)
+        mod = cls(s["embed"], s["expansion"], activation="relu",
+                  backend="triton" if name == "fastattn-triton" else "auto")
+        mod = mod.to(x.device, x.dtype)
         output = Run.output if _share_weights(mod, ref) else None
         backend = fastattn_backend(x.device)
+        if name == "fastattn" and backend == "triton":
+            backend = "auto: " + _feedforward_choice(x, s, mode)
+        elif name == "fastattn-triton":
+            backend = "Triton epilogue GEMMs"
+        elif name == "cublas-epilogue":
+            forced, backend = {"backend": "cublas"}, "cuBLAS(Lt) epilogue + torch elementwise"
     else:
         raise ValueError(f"unknown feedforward provider {name!r}")
     inputs = (x, *mod.parameters())
-    return Run(timed_fn(lambda: mod(x), mode, inputs, dout), backend, output)
+    fn = timed_fn(lambda: mod(x), mode, inputs, dout)
+    if forced is not None:
+        fn = _with_matmul_config(fn, _feedforward_keys(x, s, mode), forced)
+    return Run(fn, backend, output)
+
+
+def _feedforward_keys(x, s, mode):
+    from fastattn.kernels.matmul_configs import feedforward_cases
+
+    return feedforward_cases(x.shape[0], s["embed"], s["embed"] * s["expansion"],
+                             str(x.dtype).replace("torch.", ""), "relu", residual=False,
+                             training=mode != "fwd")
+
+
+def _feedforward_choice(x, s, mode) -> str:
+    """'cublas' / 'triton' per GEMM, as the dispatch picks them for this case."""
+    from fastattn.ops.gemm import choose_backend
+
+    picks = {name: choose_backend(x.device, key)[0]
+             for name, key in _feedforward_keys(x, s, mode).items()}
+    return ", ".join(f"{k} {v}" for k, v in picks.items())
+
+
+def _with_matmul_config(fn, keys, config):
+    """``fn`` run with ``config`` forced for every GEMM case in ``keys`` (tuning.override)."""
+    import contextlib
+
+    from fastattn import tuning
+
+    def run():
+        with contextlib.ExitStack() as stack:
+            for key in keys.values():
+                stack.enter_context(tuning.override("matmul", key, config))
+            return fn()
+    return run
 
 
 def _share_weights(dst: torch.nn.Module, src: torch.nn.Module) -> bool:

@@ -13,9 +13,13 @@ Activations: 1 relu, 2 gelu (erf, torch's approximate="none"), 3 gelu_tanh.
 
 Pointers: A (M, K), B (K, N), C / PRE / RESIDUAL (M, N), BIAS (N,).
 
+This file holds the pointer kernel (``matmul_epilogue_kernel``: sm_80's mma.sync path, fp32,
+and any operand TMA cannot address) and the epilogue math shared with the Hopper kernel in
+``matmul_tma.py``.
+
 Design trade-off: one program per (BLOCK_M, BLOCK_N) tile of C with a K loop on tensor cores
-(tl.dot; wgmma on sm_90a for fp16/bf16), programs ordered in groups of GROUP_M row tiles so that
-neighbours share B tiles in L2.  The epilogue runs on the fp32 accumulator while it is still in
+(tl.dot; mma.sync on sm_80, wgmma on sm_90a for fp16/bf16), programs ordered in groups of
+GROUP_M row tiles so that neighbours share B tiles in L2.  The epilogue runs on the fp32 accumulator while it is still in
 registers, so bias, activation, activation gradient and residual cost no extra pass over memory.
 No split-K: the feed-forward's K (E or 4E) is small enough that tiles of C give full occupancy
 at BERT token counts.
@@ -65,6 +69,37 @@ def _activation_grad(h, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
+def tile_coords(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row, column) tile index of linear tile number ``tile``, tiles ordered in groups of
+    GROUP_M row tiles so that neighbouring programs share B tiles in L2."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * num_n
+    first_m = (tile // group) * GROUP_M
+    group_rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (tile % group) % group_rows
+    pid_n = (tile % group) // group_rows
+    return pid_m, pid_n
+
+
+@triton.jit
+def epilogue_math(acc, bias, pre, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+                  ACT_GRAD: tl.constexpr):
+    """The epilogue on the fp32 accumulator tile up to the residual (which the kernels add
+    after loading it, so that its tile is not live through the activation); returns
+    (output, pre-activation).  ``bias``: a (1, BLOCK_N) row, ``pre``: the stored
+    pre-activation tile (ACT_GRAD), both fp32; an operand whose switch is off is not read."""
+    if HAS_BIAS:
+        acc = acc + bias
+    h = acc
+    if ACTIVATION != 0:
+        acc = _activation(acc, ACTIVATION)
+    if ACT_GRAD != 0:
+        acc = acc * _activation_grad(pre, ACT_GRAD)
+    return acc, h
+
+
+@triton.jit
 def matmul_epilogue_kernel(
     A, B, C, BIAS, PRE, RESIDUAL,
     M, N, K,
@@ -78,15 +113,7 @@ def matmul_epilogue_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    group = GROUP_M * num_n
-    first_m = (pid // group) * GROUP_M
-    group_rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % group_rows
-    pid_n = (pid % group) // group_rows
-
+    pid_m, pid_n = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     start_m = pid_m * BLOCK_M
     start_n = pid_n * BLOCK_N
     a_ptr = tl.make_block_ptr(A, shape=(M, K), strides=(stride_am, stride_ak),
@@ -101,28 +128,25 @@ def matmul_epilogue_kernel(
         a_ptr = tl.advance(a_ptr, (0, BLOCK_K))
         b_ptr = tl.advance(b_ptr, (BLOCK_K, 0))
 
+    bias = 0.0
     if HAS_BIAS:
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        acc += tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-    if ACTIVATION != 0:
-        if STORE_PRE:
-            pre_ptr = tl.make_block_ptr(PRE, shape=(M, N), strides=(stride_pm, stride_pn),
-                                        offsets=(start_m, start_n),
-                                        block_shape=(BLOCK_M, BLOCK_N), order=(1, 0))
-            tl.store(pre_ptr, acc.to(PRE.dtype.element_ty), boundary_check=(0, 1))
-        acc = _activation(acc, ACTIVATION)
+        bias = tl.load(BIAS + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    pre_ptr = tl.make_block_ptr(PRE, shape=(M, N), strides=(stride_pm, stride_pn),
+                                offsets=(start_m, start_n), block_shape=(BLOCK_M, BLOCK_N),
+                                order=(1, 0))
+    pre = 0.0
     if ACT_GRAD != 0:
-        pre_ptr = tl.make_block_ptr(PRE, shape=(M, N), strides=(stride_pm, stride_pn),
-                                    offsets=(start_m, start_n), block_shape=(BLOCK_M, BLOCK_N),
-                                    order=(1, 0))
         pre = tl.load(pre_ptr, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
-        acc *= _activation_grad(pre, ACT_GRAD)
+    out, h = epilogue_math(acc, bias, pre, HAS_BIAS, ACTIVATION, ACT_GRAD)
+    if STORE_PRE:
+        tl.store(pre_ptr, h.to(PRE.dtype.element_ty), boundary_check=(0, 1))
     if HAS_RESIDUAL:
         res_ptr = tl.make_block_ptr(RESIDUAL, shape=(M, N), strides=(stride_rm, stride_rn),
                                     offsets=(start_m, start_n), block_shape=(BLOCK_M, BLOCK_N),
                                     order=(1, 0))
-        acc += tl.load(res_ptr, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+        out += tl.load(res_ptr, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     c_ptr = tl.make_block_ptr(C, shape=(M, N), strides=(stride_cm, stride_cn),
                               offsets=(start_m, start_n), block_shape=(BLOCK_M, BLOCK_N),
                               order=(1, 0))
-    tl.store(c_ptr, acc.to(C.dtype.element_ty), boundary_check=(0, 1))
+    tl.store(c_ptr, out.to(C.dtype.element_ty), boundary_check=(0, 1))

@@ -5,8 +5,9 @@
 
 The feed-forward's first layer under ``backend="cuda"`` is ``F.linear(x, w1)`` (cuBLAS) followed
 by this kernel, which reads the GEMM output once and writes the activation: the elementwise
-alternative to a cuBLASLt epilogue (``torch._addmm_activation``).  Which of the two is faster
-is for ``fastattn bench`` on a GPU to say.
+alternative to a cuBLASLt epilogue (``torch._addmm_activation``, which ``backend="auto"`` uses
+through ``ops/gemm.py`` when the tuned table or its default picks cuBLAS).  Which is faster is
+for ``fastattn bench`` on a GPU to say.
 """
 from __future__ import annotations
 

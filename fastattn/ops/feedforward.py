@@ -21,98 +21,75 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from fastattn.backends import interpreter_enabled, resolve_backend
-from fastattn.kernels.matmul_configs import EPILOGUES, pick_config
-from fastattn.ops.attention import _DTYPE_NAMES, _precision, _smem_limit
-from fastattn.ops.launch import cdiv, launch_on
+from fastattn.backends import get_default_backend, resolve_backend
+from fastattn.kernels.matmul_configs import ACTIVATIONS
+from fastattn.ops.gemm import gemm, matmul  # noqa: F401  (matmul: the Triton GEMM)
 
-ACTIVATIONS = {"relu": 1, "gelu": 2, "gelu_tanh": 3}
 _ACT_NAMES = {v: k for k, v in ACTIVATIONS.items()}
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def matmul(a: torch.Tensor, b: torch.Tensor, epilogue: str = "plain", *,
-           bias: Optional[torch.Tensor] = None, pre: Optional[torch.Tensor] = None,
-           residual: Optional[torch.Tensor] = None,
-           out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """C = epilogue(a @ b) for a (M, K), b (K, N) of any strides; see kernels/matmul.py."""
-    from fastattn.kernels.matmul import matmul_epilogue_kernel
-
-    m, k = a.shape
-    n = b.shape[1]
-    c = torch.empty(m, n, dtype=out_dtype or a.dtype, device=a.device)
-    if c.numel() == 0:
-        return c
-    has_bias, act, store_pre, act_grad, has_res = EPILOGUES[epilogue]
-    cfg = pick_config(m, _DTYPE_NAMES[a.dtype], _smem_limit(a.device),
-                      interpreter=interpreter_enabled())
-    dummy = c
-    pre_t = pre if pre is not None else dummy
-    res_t = residual if residual is not None else dummy
-    grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)
-    with launch_on(a.device):
-        matmul_epilogue_kernel[grid](
-            a, b, c, bias if bias is not None else dummy, pre_t, res_t,
-            m, n, k, *a.stride(), *b.stride(), *c.stride(), *pre_t.stride(), *res_t.stride(),
-            HAS_BIAS=has_bias, ACTIVATION=act, STORE_PRE=store_pre, ACT_GRAD=act_grad,
-            HAS_RESIDUAL=has_res, PRECISION=_precision(a.dtype),
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return c
 
 
 @torch.library.custom_op("fastattn::feedforward_fwd", mutates_args=())
 def feedforward_fwd_op(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                        b2: torch.Tensor, residual: Optional[torch.Tensor],
-                       activation: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    h = torch.empty(x.shape[0], w1.shape[0], dtype=x.dtype, device=x.device)
-    a = matmul(x, w1.t(), f"bias_{_ACT_NAMES[activation]}", bias=b1, pre=h)
-    y = matmul(a, w2.t(), "bias" if residual is None else "bias_residual", bias=b2,
-               residual=residual)
+                       activation: int, keep_pre: bool = True, choose: bool = False
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    act = _ACT_NAMES[activation]
+    h = x.new_empty(x.shape[0] if keep_pre else 0, w1.shape[0])
+    a = gemm(x, w1.t(), f"bias_{act}" if keep_pre else f"bias_{act}_nopre", bias=b1,
+             pre=h if keep_pre else None, choose=choose)
+    y = gemm(a, w2.t(), "bias" if residual is None else "bias_residual", bias=b2,
+             residual=residual, choose=choose)
     return y, h, a
 
 
 @feedforward_fwd_op.register_fake
-def _(x, w1, b1, w2, b2, residual, activation):
+def _(x, w1, b1, w2, b2, residual, activation, keep_pre=True, choose=False):
     hidden = x.new_empty(x.shape[0], w1.shape[0])
-    return x.new_empty(x.shape[0], w2.shape[0]), hidden, torch.empty_like(hidden)
+    pre = hidden if keep_pre else x.new_empty(0, w1.shape[0])
+    return x.new_empty(x.shape[0], w2.shape[0]), torch.empty_like(pre), torch.empty_like(hidden)
 
 
 @torch.library.custom_op("fastattn::feedforward_bwd", mutates_args=())
 def feedforward_bwd_op(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
-                       h: torch.Tensor, a: torch.Tensor, activation: int
+                       h: torch.Tensor, a: torch.Tensor, activation: int, choose: bool = False
                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                   torch.Tensor]:
-    dh = matmul(dy, w2, f"{_ACT_NAMES[activation]}_grad", pre=h)
-    dx = matmul(dh, w1)
-    dw1 = matmul(dh.t(), x)
-    dw2 = matmul(dy.t(), a)
+    dh = gemm(dy, w2, f"{_ACT_NAMES[activation]}_grad", pre=h, choose=choose)
+    dx = gemm(dh, w1, choose=choose)
+    dw1 = gemm(dh.t(), x, choose=choose)
+    dw2 = gemm(dy.t(), a, choose=choose)
     db1 = dh.sum(0, dtype=torch.float32).to(dh.dtype)
     db2 = dy.sum(0, dtype=torch.float32).to(dy.dtype)
     return dx, dw1, db1, dw2, db2
 
 
 @feedforward_bwd_op.register_fake
-def _(dy, x, w1, w2, h, a, activation):
+def _(dy, x, w1, w2, h, a, activation, choose=False):
     # the GEMMs write fresh contiguous tensors whatever the inputs' strides
     return (x.new_empty(x.shape), w1.new_empty(w1.shape), w1.new_empty(w1.shape[0]),
             w2.new_empty(w2.shape), w2.new_empty(w2.shape[0]))
 
 
 def _setup_context(ctx, inputs, output):
-    x, w1, b1, w2, b2, residual, activation = inputs
+    x, w1, b1, w2, b2, residual, activation, keep_pre, choose = inputs
     _, h, a = output
     ctx.save_for_backward(x, w1, w2, h, a)
     ctx.activation = activation
+    ctx.keep_pre = keep_pre
+    ctx.choose = choose
     ctx.has_residual = residual is not None
     ctx.mark_non_differentiable(h, a)
 
 
 def _backward(ctx, dy, _dh, _da):
+    if not ctx.keep_pre:
+        raise RuntimeError("feedforward_fwd ran with keep_pre=False (no pre-activation kept): "
+                           "it cannot be differentiated")
     x, w1, w2, h, a = ctx.saved_tensors
     dx, dw1, db1, dw2, db2 = feedforward_bwd_op(dy.contiguous(), x, w1, w2, h, a,
-                                                ctx.activation)
-    return dx, dw1, db1, dw2, db2, (dy if ctx.has_residual else None), None
+                                                ctx.activation, ctx.choose)
+    return dx, dw1, db1, dw2, db2, (dy if ctx.has_residual else None), None, None, None
 
 
 feedforward_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -183,8 +160,11 @@ def feedforward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
         x: (..., E).  w1: (H, E), b1: (H,), w2: (E, H), b2: (E,) — nn.Linear's layout.
         activation: "relu", "gelu" (erf) or "gelu_tanh".
         residual: optional (..., E), added in the second GEMM's epilogue.
-        backend: "auto", "triton", "torch", "cuda" or None (the process default).  "cuda":
-            cuBLAS GEMMs with the bias + activation in the CUDA C++ elementwise kernel.
+        backend: "auto", "triton", "torch", "cuda" or None (the process default).  "auto" on
+            CUDA: per GEMM the faster of the Triton kernel and cuBLAS(Lt) with its fused
+            epilogue, from the device's tuned table, cuBLAS(Lt) without one (see
+            :func:`feedforward_dispatch_reason`).  "triton": always the Triton kernels.
+            "cuda": cuBLAS GEMMs with the bias + activation in the CUDA C++ elementwise kernel.
     Returns:
         (..., E) in x's dtype.
     """
@@ -203,7 +183,36 @@ def feedforward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     r2 = None if residual is None else residual.reshape(-1, shape[-1])
-    y = feedforward_fwd_op(x2, w1, b1, w2, b2, r2, ACTIVATIONS[activation])[0]
+    choose = (backend or get_default_backend()) == "auto"
+    keep_pre = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, w1, b1, w2, b2, residual))
+    y = feedforward_fwd_op(x2, w1, b1, w2, b2, r2, ACTIVATIONS[activation], keep_pre,
+                           choose)[0]
     # Not a view of y (as torch.matmul reshapes its GEMM output): y is fresh and not saved for
     # backward (h and a are), and FSDP2 warns about modules that return views.
     return torch.ops.aten._unsafe_view(y, shape)
+
+
+def feedforward_dispatch_reason(device, dtype: torch.dtype, m: int, k: int, n: int,
+                                activation: str = "gelu", residual: bool = True,
+                                training: bool = False) -> str:
+    """Which implementation ``feedforward(backend="auto")`` runs for each of its GEMMs with
+    ``m`` tokens, embedding ``k`` and hidden size ``n`` on ``device``, and why (one line per
+    GEMM; ``training`` adds the backward's)."""
+    from fastattn.kernels.matmul_configs import feedforward_cases
+    from fastattn.ops.attention import _DTYPE_NAMES
+    from fastattn.ops.gemm import choose_backend
+
+    device = torch.device(device)
+    chosen = resolve_backend("auto", device)
+    if chosen != "triton":
+        return f"feedforward on {device}: the PyTorch path (backend 'auto' -> {chosen!r})"
+    lines = []
+    for name, case in feedforward_cases(m, k, n, _DTYPE_NAMES[dtype], activation, residual,
+                                        training).items():
+        backend, cfg, why = choose_backend(device, case)
+        what = "cuBLAS(Lt)" if backend == "cublas" else (
+            f"Triton {cfg.kernel} {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} "
+            f"s{cfg.num_stages}" if cfg else "Triton (static table)")
+        lines.append(f"{name} [{case}]: {what} — {why}")
+    return "\n".join(lines)

@@ -75,6 +75,24 @@ def test_opcheck():
     torch.library.opcheck(feedforward_fwd_op, (x, *params, r, 1))
 
 
+@pytest.mark.parametrize("act", ACTS)
+def test_inference_stores_no_pre_activation(act):
+    """Without autograd the first GEMM's epilogue skips the pre-activation store (h is empty)
+    and the output is unchanged."""
+    x = torch.randn(9, 16, device=DEVICE).half()
+    params = [p.half() for p in _params(16, 32, torch.float32)]
+    code = {"relu": 1, "gelu": 2, "gelu_tanh": 3}[act]
+    y, h, a = feedforward_fwd_op(x, *params, None, code, False, False)
+    y_full, h_full, a_full = feedforward_fwd_op(x, *params, None, code, True, False)
+    assert h.shape == (0, 32) and h_full.shape == (9, 32)
+    torch.testing.assert_close(y, y_full, atol=0, rtol=0)
+    torch.testing.assert_close(a, a_full, atol=0, rtol=0)
+    with torch.no_grad():
+        y_nograd = feedforward(x, *params, act, backend="triton")
+    torch.testing.assert_close(y_nograd, y, atol=0, rtol=0)
+    torch.library.opcheck(feedforward_fwd_op, (x, *params, None, code, False, False))
+
+
 def test_opcheck_backward_with_transposed_operands():
     # a dense but transposed x: the fake kernel must promise the real (contiguous) strides
     x = torch.randn(16, 5, device=DEVICE).t()
