@@ -86,6 +86,11 @@ def _print_environment() -> None:
         table = tuning.table_for("cuda")
         print(f"launch configurations: {'tuned table ' + path if table else 'static tables'}"
               f"{'' if table else f' (no tuned table {os.path.basename(path)} shipped)'}")
+        from fastattn.ops.feedforward import feedforward_dispatch_reason
+        print("feed-forward GEMMs (BERT-base, 8192 tokens, fp16, backend 'auto'):")
+        for line in feedforward_dispatch_reason("cuda", torch.float16, 8192, 768, 3072,
+                                                training=True).splitlines():
+            print(f"  {line}")
     else:
         print("launch configurations: static tables (tuned tables apply to CUDA devices)")
 

@@ -3,8 +3,9 @@ write the tuned table that the launchers read (:mod:`fastattn.tuning`).
 
 Cases (``bert_cases``): the padded attention kernels (forward, dK/dV, dQ) for fp16 and bf16,
 head_dim 64 and 128, L = 512 and 128, no mask and a key-padding mask; the variable-length
-kernels for the same sizes; LayerNorm forward and backward at hidden 768 and 1024; and, where
-the feed-forward dispatch offers them, the GEMM cases.  Cases whose launch key is the same (L =
+kernels for the same sizes; LayerNorm forward and backward at hidden 768 and 1024; and the
+feed-forward GEMMs of BERT-base (8192 tokens, training and inference), where cuBLAS(Lt) — the
+dispatch's choice without a table — is timed against the Triton configs.  Cases whose launch key is the same (L =
 128 and 512 share the length bucket) are timed once.  Candidates come from each family's
 config module (``tune_candidates``), pruned by the device's shared memory before anything is
 compiled; the static table's choice is always one of them.
@@ -84,9 +85,18 @@ def bert_cases(capability_major: int, smem_limit: Optional[int] = None,
                     for kernel in ("fwd", "bwd"):
                         add(_layer_norm_case(hidden, kernel, dtype))
     if "matmul" in families:
-        for case in _matmul_cases():
+        for case in _matmul_cases(smem, capability_major):
             add(case)
-    return list(cases.values())
+    return sorted(cases.values(), key=_priority)
+
+
+_FAMILY_RANK = {"attention": 0, "matmul": 1, "layer_norm": 2, "varlen": 3}
+
+
+def _priority(case: TuneCase) -> tuple:
+    """Timed first: head_dim 64 (BERT-base), fp16, then attention, the GEMMs, LayerNorm,
+    varlen; a budget that runs out leaves the rest on the static table (stable order)."""
+    return ("|d128|" in case.key, "bfloat16" in case.key, _FAMILY_RANK[case.family])
 
 
 def _attention_case(kernel, head_dim, length, dtype, mask, smem) -> TuneCase:
@@ -121,16 +131,21 @@ def _layer_norm_case(hidden, kernel, dtype) -> TuneCase:
                     make=lambda: _layer_norm_runner(hidden, kernel, dtype))
 
 
-def _matmul_cases() -> List[TuneCase]:
-    """The feed-forward GEMM cases, where its config module offers them (``tune_cases``:
-    a list of (key, label, candidate dicts, runner factory))."""
+def _matmul_cases(smem: int, capability_major: int) -> List[TuneCase]:
+    """The BERT-base feed-forward GEMMs (8192 tokens, 768 -> 3072 -> 768, GELU, residual),
+    training and inference, fp16 and bf16: cuBLAS(Lt) (the default without a table) against
+    every Triton config that fits."""
     from fastattn.kernels import matmul_configs as MC
 
-    provider = getattr(MC, "tune_cases", None)
-    if provider is None:
-        return []
-    return [TuneCase("matmul", key, label, cands, make=make)
-            for key, label, cands, make in provider()]
+    cases = []
+    for dtype in ("float16", "bfloat16"):
+        for training in (True, False):
+            for name, key in MC.feedforward_cases(8192, HIDDEN, 4 * HIDDEN, dtype, "gelu",
+                                                  residual=True, training=training).items():
+                cands = MC.tune_candidates(key, smem, tma=capability_major >= 9)
+                cases.append(TuneCase("matmul", key, f"matmul {name} {key}", cands,
+                                      make=lambda key=key: _matmul_runner(key)))
+    return cases
 
 
 # ------------------------------------------------------------------------------ runners
@@ -198,6 +213,30 @@ def _layer_norm_runner(hidden, kernel, dtype):
     _, mean, rstd, _ = layer_norm_forward(x, None, w, b, 1e-5, False)
     dy = torch.randn_like(x)
     return lambda: layer_norm_backward(dy, x, w, mean, rstd, True, True)
+
+
+def _matmul_runner(key: str):
+    """One GEMM of ``key`` through the feed-forward's dispatch (``ops.gemm.gemm``), so that a
+    forced config (cuBLAS or a Triton one) is what runs."""
+    import torch
+
+    from fastattn.kernels.matmul_configs import EPILOGUES, LAYOUTS, parse_case_key
+    from fastattn.ops.gemm import gemm
+
+    c = parse_case_key(key)
+    dt, (m, k, n) = _dtype(c["dtype"]), (c["m"], c["k"], c["n"])
+    a_t, b_t = LAYOUTS[c["layout"]]
+
+    def operand(rows, cols, transposed):  # (rows, cols), stored row-major or as a transpose
+        t = torch.randn(cols, rows, device="cuda", dtype=dt) if transposed else \
+            torch.randn(rows, cols, device="cuda", dtype=dt)
+        return (t.t() if transposed else t) / math.sqrt(k)
+    a, b = operand(m, k, a_t), operand(k, n, b_t)
+    has_bias, act, store_pre, act_grad, has_res = EPILOGUES[c["epilogue"]]
+    bias = torch.randn(n, device="cuda", dtype=dt) if has_bias else None
+    pre = torch.randn(m, n, device="cuda", dtype=dt) if (store_pre or act_grad) else None
+    res = torch.randn(m, n, device="cuda", dtype=dt) if has_res else None
+    return lambda: gemm(a, b, c["epilogue"], choose=True, bias=bias, pre=pre, residual=res)
 
 
 # ------------------------------------------------------------------------------ running
