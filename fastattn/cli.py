@@ -88,8 +88,12 @@ def _print_environment() -> None:
               f"{'' if table else f' (no tuned table {os.path.basename(path)} shipped)'}")
         from fastattn.ops.feedforward import feedforward_dispatch_reason
         print("feed-forward GEMMs (BERT-base, 8192 tokens, fp16, backend 'auto'):")
-        for line in feedforward_dispatch_reason("cuda", torch.float16, 8192, 768, 3072,
-                                                training=True).splitlines():
+        try:
+            lines = feedforward_dispatch_reason("cuda", torch.float16, 8192, 768, 3072,
+                                                training=True).splitlines()
+        except Exception as exc:  # the report must not stop the rest of the check
+            lines = [f"unknown ({type(exc).__name__}: {exc})"]
+        for line in lines:
             print(f"  {line}")
     else:
         print("launch configurations: static tables (tuned tables apply to CUDA devices)")
