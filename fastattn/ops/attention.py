@@ -32,7 +32,8 @@ import torch
 from fastattn.backends import interpreter_enabled
 from fastattn.ops.key_lengths import key_padding_lengths
 from fastattn.ops.launch import (
-    cdiv, ensure_tma_allocator, last_dim_contiguous, launch_on, tma_compatible, tma_supported)
+    cdiv, ensure_tma_allocator, last_dim_contiguous, launch_on, target_device, tma_compatible,
+    tma_supported)
 from fastattn.kernels.attention_configs import (
     DEFAULT_SMEM_LIMIT, DROPOUT_MASK_BLOCK, block_d_for, pick_config, smem_limit_for)
 
@@ -47,6 +48,9 @@ def _device_smem_limit(index: int) -> int:
 
 
 def _smem_limit(device: torch.device) -> int:
+    target = target_device()
+    if target is not None:  # compiling for a target (fastattn kernels), see ops/launch.py
+        return target.smem_limit
     if device.type != "cuda":
         return DEFAULT_SMEM_LIMIT
     return _device_smem_limit(device.index if device.index is not None else

@@ -1,9 +1,58 @@
-"""Small host-side helpers shared by the kernel launchers."""
+"""Small host-side helpers shared by the kernel launchers.
+
+:func:`compile_target` lets a launcher run on CPU tensors *as if* on a given GPU: inside it,
+the device queries below answer with the target's figures (compute capability, shared memory
+per block, SM count).  The ahead-of-time report (:mod:`fastattn.launch_capture`) uses it to
+make the launchers pick the configuration they would pick on sm_80 / sm_90a while their kernel
+launches are captured, not run.  Launchers that branch on the device read it through these
+helpers (never ``torch.cuda`` directly), so the report sees the branch the GPU takes.
+"""
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
+from typing import Iterator, Optional, Tuple
 
 import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetDevice:
+    """The device figures a launcher may branch on."""
+    capability: Tuple[int, int]
+    smem_limit: int  # opt-in shared memory per block, bytes
+    sm_count: int
+
+
+_target: contextvars.ContextVar[Optional[TargetDevice]] = contextvars.ContextVar(
+    "fastattn_compile_target", default=None)
+
+
+@contextlib.contextmanager
+def compile_target(target: TargetDevice) -> Iterator[TargetDevice]:
+    """Inside the block, :func:`target_device` is ``target`` (whatever the tensors' device)."""
+    token = _target.set(target)
+    try:
+        yield target
+    finally:
+        _target.reset(token)
+
+
+def target_device() -> Optional[TargetDevice]:
+    """The device set by :func:`compile_target`, or None (launch on the tensors' device)."""
+    return _target.get()
+
+
+def device_capability(device: torch.device) -> Optional[Tuple[int, int]]:
+    """Compute capability the kernels are built for: the compile target's when one is set,
+    the CUDA device's otherwise; None off CUDA (interpreter)."""
+    target = _target.get()
+    if target is not None:
+        return target.capability
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_capability(device)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -20,10 +69,6 @@ def launch_on(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _device_capability_major(device: torch.device) -> int:
-    return torch.cuda.get_device_capability(device)[0]
-
-
 def tma_supported(device: torch.device) -> bool:
     """Whether the kernels may read through TMA tensor descriptors on ``device``: sm_90 or
     newer with a Triton that has ``tl.make_tensor_descriptor`` (3.6 and 3.8 do), or the
@@ -38,7 +83,8 @@ def tma_supported(device: torch.device) -> bool:
 
     if interpreter_enabled():
         return True
-    return device.type == "cuda" and _device_capability_major(device) >= 9
+    capability = device_capability(device)
+    return capability is not None and capability[0] >= 9
 
 
 def tma_compatible(tensors, head_dim: int, block_d: int) -> bool:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fastattn.backends import get_default_backend, resolve_backend
-from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on
+from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on, target_device
 from fastattn.ops.layer_norm_cuda import CUDA_MAX_HIDDEN, cuda_layer_norm
 from fastattn.kernels.layer_norm_configs import (
     INTERPRETER_SM_COUNT, REDUCE_BLOCK_N, REDUCE_BLOCK_P, REDUCE_NUM_WARPS, backward_grid,
@@ -41,6 +41,9 @@ def _device_sm_count(index: int) -> int:
 
 
 def _sm_count(device: torch.device) -> int:
+    target = target_device()
+    if target is not None:  # compiling for a target (fastattn kernels), see ops/launch.py
+        return target.sm_count
     if device.type != "cuda":
         return INTERPRETER_SM_COUNT
     return _device_sm_count(device.index if device.index is not None else
