@@ -188,18 +188,18 @@ def all_configs(capability_major: int,
 
 
 def _variants(kernel: str, dtype: str, mask_kind: int, layout: str, dropout: bool,
-              capability_major: int):
+              block_d: int, capability_major: int):
     """The compile-time specializations compiled for one configuration: the general one
     (partial key tiles, not causal), plus causal for unmasked kernels without dropout.  Key-padding keep masks
     compile with KEY_LENGTHS (which holds the mask-reading walk too); the sm_90 forward of
-    2-byte types reads through TMA."""
+    2-byte types with head_dim <= 128 reads through TMA."""
     base = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row",
                 KEY_LENGTHS=mask_kind == 1 and layout == "row", CAUSAL=False)
     if kernel != "bwd_dkdv":
         base["EVEN_N"] = False
     base["EVEN_D"] = True
     if kernel == "fwd":
-        base["TMA"] = capability_major >= 9 and dtype != "float32"
+        base["TMA"] = capability_major >= 9 and dtype != "float32" and block_d <= 128
     yield base
     if mask_kind == 0 and not dropout:
         yield dict(base, CAUSAL=True)
@@ -220,7 +220,8 @@ def aot_specs(capability_major: int):
     }
     n_strides = {"fwd": 16, "bwd_dkdv": 22, "bwd_dq": 19}
     for kernel, block_d, dtype, mask_kind, layout, dropout, cfg in all_configs(capability_major):
-        for variant in _variants(kernel, dtype, mask_kind, layout, dropout, capability_major):
+        for variant in _variants(kernel, dtype, mask_kind, layout, dropout, block_d,
+                                 capability_major):
             sig = {}
             for name in tensor_args[kernel]:
                 if name == "SEED":

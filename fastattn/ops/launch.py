@@ -89,8 +89,9 @@ def tma_supported(device: torch.device) -> bool:
 
 def tma_compatible(tensors, head_dim: int, block_d: int) -> bool:
     """TMA needs 16-byte aligned base addresses and row strides; the kernels also only use it
-    for 2-byte elements with head_dim == BLOCK_D (one box row per tile row, no padding)."""
-    if head_dim != block_d or head_dim * 2 < 16:
+    for 2-byte elements with head_dim == BLOCK_D <= 128 (one box row of at most 256 bytes per
+    tile row, no padding)."""
+    if head_dim != block_d or not 8 <= head_dim <= 128:
         return False
     for t in tensors:
         if t.element_size() != 2 or t.data_ptr() % 16:
