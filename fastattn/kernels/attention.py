@@ -86,7 +86,8 @@ def attention_fwd_kernel(
     stride_oz, stride_oh, stride_om,
     H, L_q, L_k, D,
     qk_scale,  # scale * log2(e), >= 0
-    masked_score,  # what a score with mask == 0 becomes: -1e10 (guide) or -inf (torch bool)
+    masked_raw,  # what Q K^T becomes where mask == 0: -2^k, 2^k qk_scale >= 1e10 log2(e)
+    # (the guide's -1e10 rule) or -inf (torch's bool mask); see ops.attention
     dropout_p,  # probability of zeroing an attention weight (used when DROPOUT)
     MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, KEY_LENGTHS: tl.constexpr,
     CAUSAL: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
@@ -120,19 +121,19 @@ def attention_fwd_kernel(
         if length > 0:  # a prefix mask: walk the real keys, read no mask
             acc, l_i, m_i = _fwd_kv_walk(
                 q, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
-                stride_mn, start_m, L_q, L_k, length, D, qk_scale, masked_score, seed, bh,
+                stride_mn, start_m, L_q, L_k, length, D, qk_scale, masked_raw, seed, bh,
                 dropout_p, False, CAUSAL, False, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA,
                 EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
         else:
             acc, l_i, m_i = _fwd_kv_walk(
                 q, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
-                stride_mn, start_m, L_q, L_k, L_k, D, qk_scale, masked_score, seed, bh,
+                stride_mn, start_m, L_q, L_k, L_k, D, qk_scale, masked_raw, seed, bh,
                 dropout_p, True, CAUSAL, EVEN_N, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA,
                 EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     else:
         acc, l_i, m_i = _fwd_kv_walk(
             q, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
-            stride_mn, start_m, L_q, L_k, L_k, D, qk_scale, masked_score, seed, bh, dropout_p,
+            stride_mn, start_m, L_q, L_k, L_k, D, qk_scale, masked_raw, seed, bh, dropout_p,
             MASK_KIND != 0, CAUSAL, EVEN_N, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D,
             BLOCK_M, BLOCK_N, BLOCK_D)
     out, lse = _fwd_finish(acc, l_i, m_i, drop_scale, DROPOUT)

@@ -190,9 +190,9 @@ def all_configs(capability_major: int,
 def _variants(kernel: str, dtype: str, mask_kind: int, layout: str, dropout: bool,
               block_d: int, capability_major: int):
     """The compile-time specializations compiled for one configuration: the general one
-    (partial key tiles, not causal), plus causal for unmasked kernels without dropout.  Key-padding keep masks
-    compile with KEY_LENGTHS (which holds the mask-reading walk too); the sm_90 forward of
-    2-byte types with head_dim <= 128 reads through TMA."""
+    (partial key tiles, not causal), plus causal for unmasked kernels without dropout.
+    Key-padding keep masks compile with KEY_LENGTHS (which holds the mask-reading walk too);
+    the sm_90 forward of 2-byte types with head_dim <= 128 reads through TMA."""
     base = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row",
                 KEY_LENGTHS=mask_kind == 1 and layout == "row", CAUSAL=False)
     if kernel != "bwd_dkdv":
@@ -239,7 +239,7 @@ def aot_specs(capability_major: int):
             sig.update({"H": "i32", "L_q": "i32", "L_k": "i32", "D": "i32", "qk_scale": "fp32"})
             if kernel != "fwd":
                 sig["sm_scale"] = "fp32"
-            sig["masked_score"] = "fp32"
+            sig["masked_raw" if kernel == "fwd" else "masked_score"] = "fp32"
             sig["dropout_p"] = "fp32"
             constexprs = dict(variant, PRECISION="tf32x3" if dtype == "float32" else "tf32",
                               DROPOUT=dropout, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,

@@ -209,11 +209,14 @@ def _fwd_tiles(acc, l_i, m_i, q, k_desc, v_desc, K, V, stride_kn, stride_vn,
                DROPOUT: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
                EVEN_D: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Key tiles lo, lo + BLOCK_N, .. < hi folded into (acc, l_i, m_i).  Masks act on the raw
-    product Q K^T (a replaced score is ``masked_raw`` = masked_score·log2(e) / qk_scale, an
-    additive mask is divided by qk_scale), so every tile turns scores into probabilities with
-    one FFMA each (``qk * qk_scale - m``).  Only tiles that can hold -inf everywhere in a row
-    (MASKED, BOUNDS: the key bound, DIAGONAL: the causal test) guard the running max."""
+    """Key tiles lo, lo + BLOCK_N, .. < hi folded into (acc, l_i, m_i).  Scores become
+    probabilities with one FFMA each (``qk * qk_scale - m``) on the raw product Q K^T; a keep
+    mask replaces raw products by ``masked_raw``, chosen by the launcher so that
+    masked_raw · qk_scale is exact (a power of two times qk_scale), so a row of replaced scores
+    gets exp2(0) = 1 everywhere (uniform) despite the FFMA's unrounded product.  An additive
+    mask takes the unfused path (scores rounded, then the max subtracted).  Only tiles that
+    can hold -inf everywhere in a row (MASKED, BOUNDS: the key bound, DIAGONAL: the causal
+    test) guard the running max."""
     for start_n in range(lo, hi, BLOCK_N):
         k = _load_rows(k_desc, K, stride_kn, start_n, L_k, D, BLOCK_N, BLOCK_D, TMA,
                        BOUNDS, EVEN_D)
@@ -225,8 +228,8 @@ def _fwd_tiles(acc, l_i, m_i, q, k_desc, v_desc, K, V, stride_kn, stride_vn,
                                   MASK_ROW, BLOCK_M, BLOCK_N)
                 if MASK_KIND == 1:
                     qk = tl.where(mask != 0, qk, masked_raw)
-                if MASK_KIND == 2:
-                    qk += mask.to(tl.float32) * (LOG2E / qk_scale)
+                if MASK_KIND == 2:  # base-2 scores, rounded: s - m is exact for equal scores
+                    qk = qk * qk_scale + mask.to(tl.float32) * LOG2E
             if BOUNDS:
                 if DIAGONAL:
                     valid = (offs_n[None, :] < kv_len) & (offs_n[None, :] <= offs_m[:, None])
@@ -235,12 +238,18 @@ def _fwd_tiles(acc, l_i, m_i, q, k_desc, v_desc, K, V, stride_kn, stride_vn,
                 qk = tl.where(valid, qk, float("-inf"))
             elif DIAGONAL:
                 qk = tl.where(offs_n[None, :] <= offs_m[:, None], qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # no finite score yet
+            if MASKED and MASK_KIND == 2:
+                m_new = tl.maximum(m_i, tl.max(qk, 1))
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # no finite score yet
+                p = tl.math.exp2(qk - m_use[:, None])
+            else:
+                m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.math.exp2(qk * qk_scale - m_use[:, None])
         else:
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             m_use = m_new
-        p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+            p = tl.math.exp2(qk * qk_scale - m_use[:, None])
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
@@ -256,7 +265,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_desc, v_desc, K, V, stride_kn, stride_vn,
 @triton.jit
 def _fwd_kv_walk(q, k_desc, v_desc, K, V, stride_kn, stride_vn,
                  mask_base, stride_mm, stride_mn, start_m, L_q, L_k, kv_len, D,
-                 qk_scale, masked_score, seed, bh, dropout_p,
+                 qk_scale, masked_raw, seed, bh, dropout_p,
                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, EVEN_N: tl.constexpr,
                  MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, DROPOUT: tl.constexpr,
                  PRECISION: tl.constexpr, TMA: tl.constexpr, EVEN_D: tl.constexpr,
@@ -274,7 +283,6 @@ def _fwd_kv_walk(q, k_desc, v_desc, K, V, stride_kn, stride_vn,
     else:
         hi = kv_len
         n_int = (kv_len // BLOCK_N) * BLOCK_N
-    masked_raw = masked_score * LOG2E / qk_scale  # a replaced score, before the scale
     acc, l_i, m_i = _fwd_tiles(
         acc, l_i, m_i, q, k_desc, v_desc, K, V, stride_kn, stride_vn, mask_base, stride_mm,
         stride_mn, start_m, offs_m, 0, n_int, L_q, L_k, kv_len, D, qk_scale, masked_raw,

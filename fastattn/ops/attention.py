@@ -86,6 +86,18 @@ def _kernel_mask(mask_kind: int) -> Tuple[int, float]:
     return mask_kind, -1.0e10
 
 
+def _masked_raw(masked_score: float, qk_scale: float) -> float:
+    """What the forward kernel puts in place of Q K^T where the keep mask is 0: -inf stays
+    -inf; -1e10 becomes -2^k with 2^k · qk_scale >= 1e10 · log2(e), so the base-2 score
+    -2^k · qk_scale is exact in fp32 (a power-of-two multiple), whatever the FFMA rounds.  The
+    score is then between -1e10 and -2e10 (natural log): exp of it relative to any real score
+    is exactly 0, and a fully masked row is uniform, as under -1e10 itself."""
+    if masked_score == float("-inf"):
+        return masked_score
+    k = math.ceil(math.log2(-masked_score * 1.4426950408889634 / qk_scale))
+    return -(2.0 ** min(k, 127))
+
+
 def _precision(dtype: torch.dtype) -> str:
     """fp32 inputs: three-pass TF32 on tensor cores (about fp32 accuracy), or plain TF32 when
     torch allows it for matmuls; half inputs ignore the setting."""
@@ -172,11 +184,12 @@ def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float,
     if tma:
         ensure_tma_allocator()
     grid = (cdiv(lq, cfg.block_m) * n * h,)
+    qk_scale = scale * 1.4426950408889634
     with launch_on(q.device):
         attention_fwd_kernel[grid](
             q, k, v, mask_t, lens, out, lse, _seed_arg(seed, lse, dropout_p),
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *out.stride()[:3],
-            h, lq, lk, d, scale * 1.4426950408889634, masked_score, float(dropout_p),
+            h, lq, lk, d, qk_scale, _masked_raw(masked_score, qk_scale), float(dropout_p),
             MASK_KIND=mask_kind, MASK_ROW=layout == "row", KEY_LENGTHS=key_lengths,
             CAUSAL=bool(causal), EVEN_N=lk % cfg.block_n == 0, EVEN_D=d == block_d, TMA=tma,
             PRECISION=_precision(q.dtype), DROPOUT=dropout_p > 0,
