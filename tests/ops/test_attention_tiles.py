@@ -151,3 +151,16 @@ def test_head_shared_key_padding_masks_are_read_as_lengths(shape):
     view, strides = attention_ops._mask_view(per_head, q, (3, 2, 5, 40))
     assert not attention_ops._key_lengths(view, strides, 1, "row", q)[1]
     assert not attention_ops._key_lengths(view, strides, 2, "row", q)[1]  # additive
+
+
+@pytest.mark.parametrize("scale", [0.125, 80 ** -0.5, 0.37, 1e-3, 5.0])
+def test_replaced_product_times_scale_is_exact(scale):
+    """The forward's fused FFMA (qk * qk_scale - m) is exact for a replaced product, so a fully
+    masked row is uniform on the GPU too; its score stays within [-2e10, -1e10]."""
+    log2e = 1.4426950408889634
+    qk_scale = torch.tensor(scale * log2e, dtype=torch.float32)
+    raw = attention_ops._masked_raw(-1.0e10, float(qk_scale))
+    product = torch.tensor(raw, dtype=torch.float32) * qk_scale
+    assert product.double().item() == raw * qk_scale.double().item()
+    assert -2.0e10 * log2e <= product.item() <= -1.0e10 * log2e
+    assert attention_ops._masked_raw(float("-inf"), float(qk_scale)) == float("-inf")
