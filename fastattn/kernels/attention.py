@@ -6,7 +6,7 @@ Computes, for every batch z and head h,
     S[mask == 0] = masked_score           MASK_KIND == MASK_KEEP   (-1e10: the guide's rule;
                                                                     -inf: torch's bool mask)
     S += mask                             MASK_KIND == MASK_ADD    (torch's float attn_mask)
-    S[j > i] = -inf                       causal != 0 (top-left aligned), and every j >= L_k
+    S[j > i] = -inf                       CAUSAL (top-left aligned), and every j >= L_k
     P = softmax(S),     LSE = logsumexp(S)  (natural log, fp32)
     O = (P * Z / (1 - p)) V                Z = 1 everywhere unless DROPOUT (attention dropout)
 
@@ -18,6 +18,17 @@ have stride 1):
     MASK  any tensor viewed as (N, H, L_q, L_k) with stride 0 on broadcast dims; never copied.
           MASK_ROW: the mask is the same for every query row (stride_mm == 0, key padding), so
           one (BLOCK_N,) row is loaded per key block instead of a (BLOCK_M, BLOCK_N) tile.
+    LENS  (N,) int32, KEY_LENGTHS only: per sequence the length of a prefix key-padding mask
+          (``fastattn.ops.key_lengths``), or -1 where the mask is not a prefix or is all zero.
+          A sequence with a length walks keys [0, length) with no mask at all: padded key
+          blocks are neither loaded nor masked (their -1e10 scores would add exp(-1e10 - m) = 0
+          exactly), and dK / dV of padded keys are 0 without a walk.  Other sequences read
+          the mask (a fully padded one must attend uniformly over all L_k keys).
+
+The tile loops are shared with the variable-length kernels (:mod:`.attention_tiles`): these
+kernels are shells that locate one (batch, head) and call them.  On sm_90a the forward reads
+Q, K, V and writes O through TMA tensor descriptors (TMA constexpr; the launcher checks the
+16-byte alignment TMA needs and falls back to pointer loads).
 
 Design trade-off: the (L_q × L_k) score matrix never reaches memory.  Forward keeps a BLOCK_M
 row block of Q, its fp32 accumulator and the running max / sum in registers and streams K/V in
@@ -43,66 +54,10 @@ backward kernels therefore recognise such rows (lse < -1e9) and use p = 1 / coun
 import triton
 import triton.language as tl
 
-MASK_NONE = 0
-MASK_KEEP = 1
-MASK_ADD = 2
-
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-FULLY_MASKED_LSE = tl.constexpr(-1.0e9)  # any lse below this marks a fully masked MASK_KEEP row
-
-
-@triton.jit
-def _program_tile(L, BLOCK: tl.constexpr):
-    """(tile start along L, batch·head index) of this program in a 1-D grid of
-    cdiv(L, BLOCK) * N * H programs: the tiles of one head are neighbours (L2 reuse of its K/V),
-    and no grid dimension limit (65535 on y) caps N * H."""
-    pid = tl.program_id(0).to(tl.int64)
-    n_tiles = tl.cdiv(L, BLOCK)
-    return (pid % n_tiles).to(tl.int32) * BLOCK, pid // n_tiles
-
-
-@triton.jit
-def _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) bool: True where dropout keeps element (bh, offs_m, start_n + c).
-
-    One Philox call gives four 32-bit numbers, used for four neighbouring keys: the counter
-    of keys 4g .. 4g+3 of row i is (g, i, bh, 0) and output t belongs to key 4g + t."""
-    QUARTER: tl.constexpr = BLOCK_N // 4
-    groups = start_n // 4 + tl.arange(0, QUARTER)
-    cols = groups[None, :] + tl.zeros_like(offs_m)[:, None]
-    rows = offs_m[:, None] + tl.zeros_like(groups)[None, :]
-    zero = tl.zeros_like(cols)
-    r0, r1, r2, r3 = tl.philox(seed, cols, rows, zero + bh.to(tl.int32), zero)
-    k0 = (tl.uint_to_uniform_float(r0) >= dropout_p).to(tl.int8)
-    k1 = (tl.uint_to_uniform_float(r1) >= dropout_p).to(tl.int8)
-    k2 = (tl.uint_to_uniform_float(r2) >= dropout_p).to(tl.int8)
-    k3 = (tl.uint_to_uniform_float(r3) >= dropout_p).to(tl.int8)
-    keep = tl.join(tl.join(k0, k1), tl.join(k2, k3))  # [i, g, a, b] = k_(2a + b)[i, g]
-    return tl.reshape(keep, (offs_m.shape[0], BLOCK_N)) != 0
-
-
-@triton.jit
-def _dropout_state(SEED, dropout_p, DROPOUT: tl.constexpr):
-    """(Philox key, 1 / (1 - dropout_p)) when DROPOUT, else (0, 1.0); SEED is not read then."""
-    seed = 0
-    drop_scale = 1.0
-    if DROPOUT:
-        seed = tl.load(SEED)
-        drop_scale = 1.0 / (1.0 - dropout_p)
-    return seed, drop_scale
-
-
-@triton.jit
-def _dv_and_dropout(p, do, dp, seed, bh, offs_m, start_n, dropout_p, drop_scale,
-                    DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
-    """Backward through dropout for one (BLOCK_M, BLOCK_N) tile: returns this tile's dV term
-    (P Z / (1 - p))^T dO and dP = (dO V^T) Z / (1 - p) (plain P^T dO and dO V^T without it)."""
-    if DROPOUT:
-        kept = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
-        p = tl.where(kept, p * drop_scale, 0.0)
-        dp = tl.where(kept, dp * drop_scale, 0.0)
-    return tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION), dp
+from fastattn.kernels.attention_tiles import (  # noqa: F401  (re-exported)
+    FULLY_MASKED_LSE, LN2, LOG2E, MASK_ADD, MASK_KEEP, MASK_NONE, _dkdv_q_walk, _dq_kv_walk,
+    _dropout_keep, _dropout_state, _fwd_finish, _fwd_kv_walk, _load_rows, _program_tile,
+    _store_rows)
 
 
 @triton.jit
@@ -122,113 +77,69 @@ def attention_dropout_mask_kernel(SEED, Z, L_q, L_k, dropout_p,
 
 
 @triton.jit
-def _load_mask(mask_base, stride_mm, stride_mn, start_m, start_n, L_q, L_k,
-               MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The (BLOCK_M, BLOCK_N) mask tile at (start_m, start_n); for a mask that is the same for
-    every query row (key padding, stride_mm == 0) a (1, BLOCK_N) row that broadcasts."""
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    if MASK_ROW:
-        m = tl.load(mask_base + offs_n * stride_mn, mask=offs_n < L_k, other=0)
-        return m[None, :]
-    else:
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        offs = offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
-        m = tl.load(mask_base + offs, mask=(offs_m[:, None] < L_q) & (offs_n[None, :] < L_k),
-                    other=0)
-        return m.to(tl.float32)
-
-
-@triton.jit
-def _apply_masks(s, mask, offs_m, offs_n, L_k, causal, masked_score, MASK_KIND: tl.constexpr):
-    """Scores s (BLOCK_M, BLOCK_N) in base-2 units with every mask applied.  Returns the
-    scores and, for MASK_KEEP, the keep predicate (True elsewhere)."""
-    keep = offs_n[None, :] < L_k
-    if MASK_KIND == 1:
-        keep = keep & (mask != 0)
-        s = tl.where(mask != 0, s, masked_score * LOG2E)
-    if MASK_KIND == 2:
-        s += mask.to(tl.float32) * LOG2E
-    valid = (offs_n[None, :] < L_k) & ((offs_n[None, :] <= offs_m[:, None]) | (causal == 0))
-    s = tl.where(valid, s, float("-inf"))
-    return s, keep
-
-
-@triton.jit
 def attention_fwd_kernel(
-    Q, K, V, MASK, O, LSE, SEED,
+    Q, K, V, MASK, LENS, O, LSE, SEED,
     stride_qz, stride_qh, stride_qm,
     stride_kz, stride_kh, stride_kn,
     stride_vz, stride_vh, stride_vn,
     stride_mz, stride_mh, stride_mm, stride_mn,
     stride_oz, stride_oh, stride_om,
-    H, L_q, L_k, D, causal,
-    qk_scale,  # scale * log2(e)
-    masked_score,  # what a score with mask == 0 becomes: -1e10 (guide) or -inf (torch bool)
+    H, L_q, L_k, D,
+    qk_scale,  # scale * log2(e), >= 0
+    masked_raw,  # what Q K^T becomes where mask == 0: -2^k, 2^k qk_scale >= 1e10 log2(e)
+    # (the guide's -1e10 rule) or -inf (torch's bool mask); see ops.attention
     dropout_p,  # probability of zeroing an attention weight (used when DROPOUT)
-    MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, PRECISION: tl.constexpr,
-    DROPOUT: tl.constexpr,
+    MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, KEY_LENGTHS: tl.constexpr,
+    CAUSAL: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
+    PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     start_m, bh = _program_tile(L_q, BLOCK_M)
     z = bh // H
     h = bh % H
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-
-    q_ptr = tl.make_block_ptr(Q + z * stride_qz + h * stride_qh, shape=(L_q, D),
-                              strides=(stride_qm, 1), offsets=(start_m, 0),
-                              block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
-    kT_ptr = tl.make_block_ptr(K + z * stride_kz + h * stride_kh, shape=(D, L_k),
-                               strides=(1, stride_kn), offsets=(0, 0),
-                               block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
-    v_ptr = tl.make_block_ptr(V + z * stride_vz + h * stride_vh, shape=(L_k, D),
-                              strides=(stride_vn, 1), offsets=(0, 0),
-                              block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
+    q_base = Q + z * stride_qz + h * stride_qh
+    k_base = K + z * stride_kz + h * stride_kh
+    v_base = V + z * stride_vz + h * stride_vh
+    o_base = O + z * stride_oz + h * stride_oh
     mask_base = MASK + z * stride_mz + h * stride_mh
-    q = tl.load(q_ptr, boundary_check=(0, 1), padding_option="zero")
-
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
-
-    hi = L_k
-    if causal:
-        hi = tl.minimum(L_k, start_m + BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        kT = tl.load(kT_ptr, boundary_check=(0, 1), padding_option="zero")
-        s = tl.dot(q, kT, input_precision=PRECISION) * qk_scale
-        mask = 0
-        if MASK_KIND != 0:
-            mask = _load_mask(mask_base, stride_mm, stride_mn, start_m, start_n, L_q, L_k,
-                              MASK_KIND, MASK_ROW, BLOCK_M, BLOCK_N)
-        s, _ = _apply_masks(s, mask, offs_m, start_n + offs_n, L_k, causal, masked_score,
-                            MASK_KIND)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no finite score yet
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if DROPOUT:
-            p = tl.where(_dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N), p, 0.0)
-        v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-        kT_ptr = tl.advance(kT_ptr, (0, BLOCK_N))
-        v_ptr = tl.advance(v_ptr, (BLOCK_N, 0))
-
-    has_any = l_i > 0.0  # False only when every score was -inf (additive -inf masks)
-    l_safe = tl.where(has_any, l_i, 1.0)
-    if DROPOUT:
-        out = acc * (drop_scale / l_safe)[:, None]
+    if TMA:
+        q_desc = tl.make_tensor_descriptor(q_base, shape=[L_q, D], strides=[stride_qm, 1],
+                                           block_shape=[BLOCK_M, BLOCK_D])
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[L_k, D], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[L_k, D], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
     else:
-        out = acc / l_safe[:, None]
-    lse = tl.where(has_any, (m_i + tl.math.log2(l_safe)) * LN2, float("inf"))
-    o_ptr = tl.make_block_ptr(O + z * stride_oz + h * stride_oh, shape=(L_q, D),
-                              strides=(stride_om, 1), offsets=(start_m, 0),
-                              block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
-    tl.store(o_ptr, out.to(O.dtype.element_ty), boundary_check=(0, 1))
+        q_desc = q_base
+        k_desc = k_base
+        v_desc = v_base
+    q = _load_rows(q_desc, q_base, stride_qm, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True,
+                   EVEN_D)
+    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
+    if KEY_LENGTHS:
+        length = tl.load(LENS + z)
+        if length > 0:  # a prefix mask: walk the real keys, read no mask
+            acc, l_i, m_i = _fwd_kv_walk(
+                q, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
+                stride_mn, start_m, L_q, L_k, length, D, qk_scale, masked_raw, seed, bh,
+                dropout_p, False, CAUSAL, False, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA,
+                EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+        else:
+            acc, l_i, m_i = _fwd_kv_walk(
+                q, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
+                stride_mn, start_m, L_q, L_k, L_k, D, qk_scale, masked_raw, seed, bh,
+                dropout_p, True, CAUSAL, EVEN_N, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA,
+                EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+    else:
+        acc, l_i, m_i = _fwd_kv_walk(
+            q, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
+            stride_mn, start_m, L_q, L_k, L_k, D, qk_scale, masked_raw, seed, bh, dropout_p,
+            MASK_KIND != 0, CAUSAL, EVEN_N, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D,
+            BLOCK_M, BLOCK_N, BLOCK_D)
+    out, lse = _fwd_finish(acc, l_i, m_i, drop_scale, DROPOUT)
+    _store_rows(O, o_base, stride_om, start_m, L_q, D, out.to(O.dtype.element_ty),
+                TMA, EVEN_D, BLOCK_M, BLOCK_D)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     tl.store(LSE + bh * L_q + offs_m, lse, mask=offs_m < L_q)
 
 
@@ -255,21 +166,8 @@ def attention_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _probabilities(s, lse2, offs_m, L_k, causal, MASK_KIND: tl.constexpr):
-    """P = exp2(S - LSE) for a (BLOCK_M, BLOCK_N) tile of base-2 scores; fully masked
-    MASK_KEEP rows (lse below FULLY_MASKED_LSE) get 1 / count on every key they can see."""
-    p = tl.math.exp2(s - lse2[:, None])
-    if MASK_KIND == 1:
-        fully_masked = lse2 < FULLY_MASKED_LSE * LOG2E
-        count = tl.zeros_like(lse2) + L_k
-        count = tl.where(causal != 0, tl.minimum(count, (offs_m + 1).to(tl.float32)), count)
-        p = tl.where(fully_masked[:, None] & (s > float("-inf")), 1.0 / count[:, None], p)
-    return p
-
-
-@triton.jit
 def attention_bwd_dkdv_kernel(
-    Q, K, V, MASK, DO, LSE, DELTA, DK, DV, SEED,
+    Q, K, V, MASK, LENS, DO, LSE, DELTA, DK, DV, SEED,
     stride_qz, stride_qh, stride_qm,
     stride_kz, stride_kh, stride_kn,
     stride_vz, stride_vh, stride_vn,
@@ -277,9 +175,10 @@ def attention_bwd_dkdv_kernel(
     stride_doz, stride_doh, stride_dom,
     stride_dkz, stride_dkh, stride_dkn,
     stride_dvz, stride_dvh, stride_dvn,
-    H, L_q, L_k, D, causal,
+    H, L_q, L_k, D,
     qk_scale, sm_scale, masked_score, dropout_p,
-    MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, PRECISION: tl.constexpr,
+    MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, KEY_LENGTHS: tl.constexpr,
+    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -287,76 +186,59 @@ def attention_bwd_dkdv_kernel(
     start_n, bh = _program_tile(L_k, BLOCK_N)
     z = bh // H
     h = bh % H
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_m0 = tl.arange(0, BLOCK_M)
-    k_ptr = tl.make_block_ptr(K + z * stride_kz + h * stride_kh, shape=(L_k, D),
-                              strides=(stride_kn, 1), offsets=(start_n, 0),
-                              block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
-    v_ptr = tl.make_block_ptr(V + z * stride_vz + h * stride_vh, shape=(L_k, D),
-                              strides=(stride_vn, 1), offsets=(start_n, 0),
-                              block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
-    k = tl.load(k_ptr, boundary_check=(0, 1), padding_option="zero")
-    v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
-
-    lo = 0
-    if causal:
-        lo = (start_n // BLOCK_M) * BLOCK_M
-    q_ptr = tl.make_block_ptr(Q + z * stride_qz + h * stride_qh, shape=(L_q, D),
-                              strides=(stride_qm, 1), offsets=(lo, 0),
-                              block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
-    do_ptr = tl.make_block_ptr(DO + z * stride_doz + h * stride_doh, shape=(L_q, D),
-                               strides=(stride_dom, 1), offsets=(lo, 0),
-                               block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
+    k_base = K + z * stride_kz + h * stride_kh
+    v_base = V + z * stride_vz + h * stride_vh
+    k = _load_rows(k_base, k_base, stride_kn, start_n, L_k, D, BLOCK_N, BLOCK_D, False, True,
+                   EVEN_D)
+    v = _load_rows(v_base, v_base, stride_vn, start_n, L_k, D, BLOCK_N, BLOCK_D, False, True,
+                   EVEN_D)
+    q_base = Q + z * stride_qz + h * stride_qh
+    do_base = DO + z * stride_doz + h * stride_doh
     mask_base = MASK + z * stride_mz + h * stride_mh
-    for start_m in range(lo, L_q, BLOCK_M):
-        offs_m = start_m + offs_m0
-        q = tl.load(q_ptr, boundary_check=(0, 1), padding_option="zero")
-        do = tl.load(do_ptr, boundary_check=(0, 1), padding_option="zero")
-        lse2 = tl.load(LSE + bh * L_q + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
-        delta = tl.load(DELTA + bh * L_q + offs_m, mask=offs_m < L_q, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        mask = 0
-        if MASK_KIND != 0:
-            mask = _load_mask(mask_base, stride_mm, stride_mn, start_m, start_n, L_q, L_k,
-                              MASK_KIND, MASK_ROW, BLOCK_M, BLOCK_N)
-        s, keep = _apply_masks(s, mask, offs_m, offs_n, L_k, causal, masked_score, MASK_KIND)
-        p = _probabilities(s, lse2, offs_m, L_k, causal, MASK_KIND)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        dv_tile, dp = _dv_and_dropout(p, do, dp, seed, bh, offs_m, start_n, dropout_p,
-                                      drop_scale, DROPOUT, BLOCK_N, PRECISION)
-        dv += dv_tile
-        ds = p * (dp - delta[:, None])
-        if MASK_KIND == 1:
-            ds = tl.where(keep, ds, 0.0)  # a replaced score has no gradient
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-        q_ptr = tl.advance(q_ptr, (BLOCK_M, 0))
-        do_ptr = tl.advance(do_ptr, (BLOCK_M, 0))
-
-    dk_ptr = tl.make_block_ptr(DK + z * stride_dkz + h * stride_dkh, shape=(L_k, D),
-                               strides=(stride_dkn, 1), offsets=(start_n, 0),
-                               block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
-    dv_ptr = tl.make_block_ptr(DV + z * stride_dvz + h * stride_dvh, shape=(L_k, D),
-                               strides=(stride_dvn, 1), offsets=(start_n, 0),
-                               block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
-    tl.store(dk_ptr, (dk * sm_scale).to(DK.dtype.element_ty), boundary_check=(0, 1))
-    tl.store(dv_ptr, dv.to(DV.dtype.element_ty), boundary_check=(0, 1))
+    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
+    if KEY_LENGTHS:
+        length = tl.load(LENS + z)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        if length > 0:
+            if start_n < length:  # blocks of padded keys only: dK = dV = 0, no walk
+                dk, dv = _dkdv_q_walk(
+                    k, v, q_base, do_base, stride_qm, stride_dom, LSE + bh * L_q,
+                    DELTA + bh * L_q, mask_base, stride_mm, stride_mn, start_n, L_q, L_k,
+                    length, D, qk_scale, masked_score, seed, bh, dropout_p, drop_scale, False,
+                    True, CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, EVEN_D, BLOCK_M,
+                    BLOCK_N, BLOCK_D)
+        else:
+            dk, dv = _dkdv_q_walk(
+                k, v, q_base, do_base, stride_qm, stride_dom, LSE + bh * L_q, DELTA + bh * L_q,
+                mask_base, stride_mm, stride_mn, start_n, L_q, L_k, L_k, D, qk_scale,
+                masked_score, seed, bh, dropout_p, drop_scale, True, False, CAUSAL, MASK_KIND,
+                MASK_ROW, DROPOUT, PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+    else:
+        dk, dv = _dkdv_q_walk(
+            k, v, q_base, do_base, stride_qm, stride_dom, LSE + bh * L_q, DELTA + bh * L_q,
+            mask_base, stride_mm, stride_mn, start_n, L_q, L_k, L_k, D, qk_scale, masked_score,
+            seed, bh, dropout_p, drop_scale, MASK_KIND != 0, False, CAUSAL, MASK_KIND,
+            MASK_ROW, DROPOUT, PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+    _store_rows(DK, DK + z * stride_dkz + h * stride_dkh, stride_dkn, start_n, L_k, D,
+                (dk * sm_scale).to(DK.dtype.element_ty), False, EVEN_D, BLOCK_N, BLOCK_D)
+    _store_rows(DV, DV + z * stride_dvz + h * stride_dvh, stride_dvn, start_n, L_k, D,
+                dv.to(DV.dtype.element_ty), False, EVEN_D, BLOCK_N, BLOCK_D)
 
 
 @triton.jit
 def attention_bwd_dq_kernel(
-    Q, K, V, MASK, DO, LSE, DELTA, DQ, SEED,
+    Q, K, V, MASK, LENS, DO, LSE, DELTA, DQ, SEED,
     stride_qz, stride_qh, stride_qm,
     stride_kz, stride_kh, stride_kn,
     stride_vz, stride_vh, stride_vn,
     stride_mz, stride_mh, stride_mm, stride_mn,
     stride_doz, stride_doh, stride_dom,
     stride_dqz, stride_dqh, stride_dqm,
-    H, L_q, L_k, D, causal,
+    H, L_q, L_k, D,
     qk_scale, sm_scale, masked_score, dropout_p,
-    MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, PRECISION: tl.constexpr,
+    MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, KEY_LENGTHS: tl.constexpr,
+    CAUSAL: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -365,53 +247,37 @@ def attention_bwd_dq_kernel(
     z = bh // H
     h = bh % H
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n0 = tl.arange(0, BLOCK_N)
-    q_ptr = tl.make_block_ptr(Q + z * stride_qz + h * stride_qh, shape=(L_q, D),
-                              strides=(stride_qm, 1), offsets=(start_m, 0),
-                              block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
-    do_ptr = tl.make_block_ptr(DO + z * stride_doz + h * stride_doh, shape=(L_q, D),
-                               strides=(stride_dom, 1), offsets=(start_m, 0),
-                               block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
-    q = tl.load(q_ptr, boundary_check=(0, 1), padding_option="zero")
-    do = tl.load(do_ptr, boundary_check=(0, 1), padding_option="zero")
+    q_base = Q + z * stride_qz + h * stride_qh
+    do_base = DO + z * stride_doz + h * stride_doh
+    q = _load_rows(q_base, q_base, stride_qm, start_m, L_q, D, BLOCK_M, BLOCK_D, False, True,
+                   EVEN_D)
+    do = _load_rows(do_base, do_base, stride_dom, start_m, L_q, D, BLOCK_M, BLOCK_D, False,
+                    True, EVEN_D)
     lse2 = tl.load(LSE + bh * L_q + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + bh * L_q + offs_m, mask=offs_m < L_q, other=0.0)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
-
-    kT_ptr = tl.make_block_ptr(K + z * stride_kz + h * stride_kh, shape=(D, L_k),
-                               strides=(1, stride_kn), offsets=(0, 0),
-                               block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
-    vT_ptr = tl.make_block_ptr(V + z * stride_vz + h * stride_vh, shape=(D, L_k),
-                               strides=(1, stride_vn), offsets=(0, 0),
-                               block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
+    k_base = K + z * stride_kz + h * stride_kh
+    v_base = V + z * stride_vz + h * stride_vh
     mask_base = MASK + z * stride_mz + h * stride_mh
-    hi = L_k
-    if causal:
-        hi = tl.minimum(L_k, start_m + BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        kT = tl.load(kT_ptr, boundary_check=(0, 1), padding_option="zero")
-        vT = tl.load(vT_ptr, boundary_check=(0, 1), padding_option="zero")
-        s = tl.dot(q, kT, input_precision=PRECISION) * qk_scale
-        mask = 0
-        if MASK_KIND != 0:
-            mask = _load_mask(mask_base, stride_mm, stride_mn, start_m, start_n, L_q, L_k,
-                              MASK_KIND, MASK_ROW, BLOCK_M, BLOCK_N)
-        s, keep = _apply_masks(s, mask, offs_m, offs_n, L_k, causal, masked_score, MASK_KIND)
-        p = _probabilities(s, lse2, offs_m, L_k, causal, MASK_KIND)
-        dp = tl.dot(do, vT, input_precision=PRECISION)
-        if DROPOUT:
-            kept = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
-            dp = tl.where(kept, dp * drop_scale, 0.0)
-        ds = p * (dp - delta[:, None])
-        if MASK_KIND == 1:
-            ds = tl.where(keep, ds, 0.0)
-        dq += tl.dot(ds.to(kT.dtype), tl.trans(kT), input_precision=PRECISION)
-        kT_ptr = tl.advance(kT_ptr, (0, BLOCK_N))
-        vT_ptr = tl.advance(vT_ptr, (0, BLOCK_N))
-
-    dq_ptr = tl.make_block_ptr(DQ + z * stride_dqz + h * stride_dqh, shape=(L_q, D),
-                               strides=(stride_dqm, 1), offsets=(start_m, 0),
-                               block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
-    tl.store(dq_ptr, (dq * sm_scale).to(DQ.dtype.element_ty), boundary_check=(0, 1))
+    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
+    if KEY_LENGTHS:
+        length = tl.load(LENS + z)
+        if length > 0:
+            dq = _dq_kv_walk(
+                q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
+                stride_mn, start_m, L_q, L_k, length, D, qk_scale, masked_score, seed, bh,
+                dropout_p, drop_scale, False, CAUSAL, False, MASK_KIND, MASK_ROW, DROPOUT,
+                PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+        else:
+            dq = _dq_kv_walk(
+                q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
+                stride_mn, start_m, L_q, L_k, L_k, D, qk_scale, masked_score, seed, bh,
+                dropout_p, drop_scale, True, CAUSAL, EVEN_N, MASK_KIND, MASK_ROW, DROPOUT,
+                PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+    else:
+        dq = _dq_kv_walk(
+            q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
+            stride_mn, start_m, L_q, L_k, L_k, D, qk_scale, masked_score, seed, bh, dropout_p,
+            drop_scale, MASK_KIND != 0, CAUSAL, EVEN_N, MASK_KIND, MASK_ROW, DROPOUT, PRECISION,
+            EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+    _store_rows(DQ, DQ + z * stride_dqz + h * stride_dqh, stride_dqm, start_m, L_q, D,
+                (dq * sm_scale).to(DQ.dtype.element_ty), False, EVEN_D, BLOCK_M, BLOCK_D)

@@ -59,8 +59,10 @@ def length_bucket(length: int) -> str:
 
 def _candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask_layout: str,
                 bucket: str, dropout: bool = False) -> List[AttnConfig]:
-    """Candidates, best first; later ones use less shared memory.  Chosen so that the sm_90a
-    kernels compile without register spills for head_dim <= 128 (``fastattn kernels``)."""
+    """Candidates, best first; later ones use less shared memory, so the first that fits is the
+    largest tile the device holds (128 x 128 forward tiles on sm_90's 227 KiB, as the wgmma
+    forward wants; smaller ones on sm_80).  Chosen so that the sm_90a kernels compile without
+    register spills for head_dim <= 128 (``fastattn kernels``)."""
     cands = _base_candidates(kernel, block_d, dtype, mask_kind, mask_layout, bucket)
     if dropout:  # Philox on a score tile costs registers: half the tile elements per thread
         if kernel == "fwd":
@@ -104,10 +106,13 @@ def _base_candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask
         elif block_d <= 64:
             if full_mask:
                 cands = [AttnConfig(64, 64, 8, 3)]
-            else:
-                cands = [AttnConfig(64, 64, 4, 3) if short else AttnConfig(128, 64, 8, 3)]
+            elif short:
+                cands = [AttnConfig(64, 64, 4, 3)]
+            else:  # 128 x 128 (two warpgroups of 64 rows) where shared memory allows: sm_90
+                cands = [AttnConfig(128, 128, 8, 3), AttnConfig(128, 64, 8, 3)]
         elif block_d == 128:
-            cands = [AttnConfig(64, 32, 4, 3)]
+            cands = [AttnConfig(128, 128, 8, 2)] if mask_kind == 0 and not short else []
+            cands += [AttnConfig(128, 64, 8, 3), AttnConfig(64, 32, 4, 3)]
         else:
             cands = [AttnConfig(64, 64, 8, 2), AttnConfig(64, 32, 8, 1)]
     elif kernel == "bwd_dkdv":
@@ -238,53 +243,79 @@ def all_configs(capability_major: int,
             yield key
 
 
+def _variants(kernel: str, dtype: str, mask_kind: int, layout: str, dropout: bool,
+              block_d: int, capability_major: int):
+    """The compile-time specializations compiled for one configuration: the general one
+    (partial key tiles, not causal), plus causal for unmasked kernels without dropout.
+    Key-padding keep masks compile with KEY_LENGTHS (which holds the mask-reading walk too);
+    the sm_90 forward of 2-byte types with head_dim <= 128 reads through TMA."""
+    base = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row",
+                KEY_LENGTHS=mask_kind == 1 and layout == "row", CAUSAL=False)
+    if kernel != "bwd_dkdv":
+        base["EVEN_N"] = False
+    base["EVEN_D"] = True
+    if kernel == "fwd":
+        base["TMA"] = capability_major >= 9 and dtype != "float32" and block_d <= 128
+    yield base
+    if mask_kind == 0 and not dropout:
+        yield dict(base, CAUSAL=True)
+
+
 def aot_specs(capability_major: int):
-    """Ahead-of-time compile specs (see :mod:`fastattn.aot`) for every pickable configuration."""
+    """Ahead-of-time compile specs (see :mod:`fastattn.aot`) for every pickable configuration,
+    arguments in the kernels' order."""
     ptr_types = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
     mask_types = {(1, "row"): "*u8", (1, "full"): "*i32", (1, "narrow"): "*u8",
                   (2, "row"): "*fp32", (2, "full"): "*fp32", (2, "narrow"): "*fp16"}
     names = {"fwd": "attention_fwd_kernel", "bwd_dkdv": "attention_bwd_dkdv_kernel",
              "bwd_dq": "attention_bwd_dq_kernel"}
     tensor_args = {
-        "fwd": ["Q", "K", "V", "MASK", "O", "LSE", "SEED"],
-        "bwd_dkdv": ["Q", "K", "V", "MASK", "DO", "LSE", "DELTA", "DK", "DV", "SEED"],
-        "bwd_dq": ["Q", "K", "V", "MASK", "DO", "LSE", "DELTA", "DQ", "SEED"],
+        "fwd": ["Q", "K", "V", "MASK", "LENS", "O", "LSE", "SEED"],
+        "bwd_dkdv": ["Q", "K", "V", "MASK", "LENS", "DO", "LSE", "DELTA", "DK", "DV", "SEED"],
+        "bwd_dq": ["Q", "K", "V", "MASK", "LENS", "DO", "LSE", "DELTA", "DQ", "SEED"],
     }
     n_strides = {"fwd": 16, "bwd_dkdv": 22, "bwd_dq": 19}
     for kernel, block_d, dtype, mask_kind, layout, dropout, cfg in all_configs(capability_major):
-        sig = {}
-        for name in tensor_args[kernel]:
-            if name == "SEED":
-                sig[name] = "*i64"
-            elif name in ("LSE", "DELTA"):
-                sig[name] = "*fp32"
-            elif name == "MASK":
-                sig[name] = mask_types.get((mask_kind, layout), ptr_types[dtype])
-            else:
-                sig[name] = ptr_types[dtype]
-        for i in range(n_strides[kernel]):
-            sig[f"s{i}"] = "i32"
-        sig.update({"H": "i32", "L_q": "i32", "L_k": "i32", "D": "i32", "causal": "i32",
-                    "qk_scale": "fp32"})
-        if kernel != "fwd":
-            sig["sm_scale"] = "fp32"
-        sig["masked_score"] = "fp32"
-        sig["dropout_p"] = "fp32"
-        constexprs = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row",
-                          PRECISION="tf32x3" if dtype == "float32" else "tf32", DROPOUT=dropout,
-                          BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d)
-        for k in constexprs:
-            sig[k] = "constexpr"
-        mask_name = ("none", "keep", "add")[mask_kind] + ("" if mask_kind == 0 else f"-{layout}")
-        yield dict(
-            kernel=f"attention_{kernel}",
-            fn=f"fastattn.kernels.attention:{names[kernel]}",
-            signature=sig, constexprs=constexprs,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            config=(f"D={block_d} {dtype} mask={mask_name}{' dropout' if dropout else ''} "
-                    f"M{cfg.block_m} N{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"),
-            head_dim=block_d,
-        )
+        for variant in _variants(kernel, dtype, mask_kind, layout, dropout, block_d,
+                                 capability_major):
+            sig = {}
+            for name in tensor_args[kernel]:
+                if name == "SEED":
+                    sig[name] = "*i64"
+                elif name in ("LSE", "DELTA"):
+                    sig[name] = "*fp32"
+                elif name == "LENS":
+                    sig[name] = "*i32" if variant["KEY_LENGTHS"] else "*fp32"
+                elif name == "MASK":
+                    sig[name] = mask_types.get((mask_kind, layout), ptr_types[dtype])
+                else:
+                    sig[name] = ptr_types[dtype]
+            for i in range(n_strides[kernel]):
+                sig[f"s{i}"] = "i32"
+            sig.update({"H": "i32", "L_q": "i32", "L_k": "i32", "D": "i32", "qk_scale": "fp32"})
+            if kernel != "fwd":
+                sig["sm_scale"] = "fp32"
+            sig["masked_raw" if kernel == "fwd" else "masked_score"] = "fp32"
+            sig["dropout_p"] = "fp32"
+            constexprs = dict(variant, PRECISION="tf32x3" if dtype == "float32" else "tf32",
+                              DROPOUT=dropout, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                              BLOCK_D=block_d)
+            for k in constexprs:
+                sig[k] = "constexpr"
+            mask_name = ("none", "keep", "add")[mask_kind] + (
+                "" if mask_kind == 0 else f"-{layout}")
+            flags = "".join(f" {f.lower()}" for f in ("CAUSAL", "KEY_LENGTHS", "TMA")
+                            if variant.get(f))
+            yield dict(
+                kernel=f"attention_{kernel}",
+                fn=f"fastattn.kernels.attention:{names[kernel]}",
+                signature=sig, constexprs=constexprs,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                config=(f"D={block_d} {dtype} mask={mask_name}{' dropout' if dropout else ''}"
+                        f"{flags} M{cfg.block_m} N{cfg.block_n} w{cfg.num_warps} "
+                        f"s{cfg.num_stages}"),
+                head_dim=block_d,
+            )
     yield dict(
         kernel="attention_dropout_mask",
         fn="fastattn.kernels.attention:attention_dropout_mask_kernel",

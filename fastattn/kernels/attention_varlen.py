@@ -5,7 +5,7 @@ padding.  Sequence b owns the query rows cu_q[b]:cu_q[b+1] and the key rows cu_k
 for every b and head h (L_q = cu_q[b+1] - cu_q[b], L_k likewise)
 
     S = scale * Q_b K_b^T                 (L_q, L_k)
-    S[j > i] = -inf                       causal != 0 (top-left aligned within the sequence)
+    S[j > i] = -inf                       CAUSAL (top-left aligned within the sequence)
     P = softmax(S),   LSE = logsumexp(S)  (natural log, fp32)
     O_b = (P * Z / (1 - p)) V_b          Z: the dropout keep mask when DROPOUT, else 1
 
@@ -24,19 +24,20 @@ Design trade-off: the grid is sized from max_seqlen (a host integer the caller s
 launching never reads cu_seqlens on the host: cdiv(max_seqlen, BLOCK) * B * H programs, and a
 program whose tile starts past its own sequence's length returns at once.  A batch of very
 uneven lengths therefore launches idle programs (cheap: two loads and a return) in exchange
-for no device-to-host synchronisation.  The tile loops, masks and probabilities are those of
-the padded kernels (:mod:`fastattn.kernels.attention`); only the addressing differs: each
-sequence's rows are a (L, D) block pointer based at its first token.  The backward is the
+for no device-to-host synchronisation.  The tile loops are the padded kernels' own
+(:mod:`fastattn.kernels.attention_tiles`), run without a mask; only the addressing differs:
+each sequence's rows are an (L, D) matrix based at its first token (a TMA descriptor of that
+shape in the forward when TMA is on).  The backward is the
 same deterministic pair (dK/dV over query blocks, dQ over key blocks) with no atomics; the
 delta preprocess is the padded one, run over the packed tokens as a single sequence.
 """
 import triton
 import triton.language as tl
 
-from fastattn.kernels.attention import (  # noqa: F401  (preprocess re-exported for launchers)
-    LN2, LOG2E, _apply_masks, _dropout_keep, _dropout_state, _dv_and_dropout,
-    _probabilities, _program_tile,
-    attention_bwd_preprocess_kernel)
+from fastattn.kernels.attention import attention_bwd_preprocess_kernel  # noqa: F401
+from fastattn.kernels.attention_tiles import (
+    LOG2E, _dkdv_q_walk, _dq_kv_walk, _dropout_state, _fwd_finish, _fwd_kv_walk, _load_rows,
+    _program_tile, _store_rows)
 
 
 @triton.jit
@@ -51,9 +52,10 @@ def _sequence(CU, b):
 def varlen_attention_fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, SEED,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-    H, total_q, max_seqlen_q, D, causal,
-    qk_scale,  # scale * log2(e)
+    H, total_q, max_seqlen_q, D,
+    qk_scale,  # scale * log2(e), >= 0
     dropout_p,
+    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
     PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -64,56 +66,32 @@ def varlen_attention_fwd_kernel(
     if start_m >= L_q:
         return
     k_start, L_k = _sequence(CU_K, b)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-
-    q_ptr = tl.make_block_ptr(Q + q_start * stride_qt + h * stride_qh, shape=(L_q, D),
-                              strides=(stride_qt, 1), offsets=(start_m, 0),
-                              block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
-    kT_ptr = tl.make_block_ptr(K + k_start * stride_kt + h * stride_kh, shape=(D, L_k),
-                               strides=(1, stride_kt), offsets=(0, 0),
-                               block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
-    v_ptr = tl.make_block_ptr(V + k_start * stride_vt + h * stride_vh, shape=(L_k, D),
-                              strides=(stride_vt, 1), offsets=(0, 0),
-                              block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
-    q = tl.load(q_ptr, boundary_check=(0, 1), padding_option="zero")
-
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
-
-    hi = L_k
-    if causal:
-        hi = tl.minimum(L_k, start_m + BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        kT = tl.load(kT_ptr, boundary_check=(0, 1), padding_option="zero")
-        s = tl.dot(q, kT, input_precision=PRECISION) * qk_scale
-        s, _ = _apply_masks(s, 0, offs_m, start_n + offs_n, L_k, causal, 0.0, 0)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if DROPOUT:
-            p = tl.where(_dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N), p, 0.0)
-        v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
-        kT_ptr = tl.advance(kT_ptr, (0, BLOCK_N))
-        v_ptr = tl.advance(v_ptr, (BLOCK_N, 0))
-
-    has_any = l_i > 0.0  # False only for a sequence without keys
-    l_safe = tl.where(has_any, l_i, 1.0)
-    if DROPOUT:
-        out = acc * (drop_scale / l_safe)[:, None]
+    q_base = Q + q_start * stride_qt + h * stride_qh
+    k_base = K + k_start * stride_kt + h * stride_kh
+    v_base = V + k_start * stride_vt + h * stride_vh
+    o_base = O + q_start * stride_ot + h * stride_oh
+    if TMA:
+        q_desc = tl.make_tensor_descriptor(q_base, shape=[L_q, D], strides=[stride_qt, 1],
+                                           block_shape=[BLOCK_M, BLOCK_D])
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[L_k, D], strides=[stride_kt, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[L_k, D], strides=[stride_vt, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
     else:
-        out = acc / l_safe[:, None]
-    lse = tl.where(has_any, (m_i + tl.math.log2(l_safe)) * LN2, float("inf"))
-    o_ptr = tl.make_block_ptr(O + q_start * stride_ot + h * stride_oh, shape=(L_q, D),
-                              strides=(stride_ot, 1), offsets=(start_m, 0),
-                              block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
-    tl.store(o_ptr, out.to(O.dtype.element_ty), boundary_check=(0, 1))
+        q_desc = q_base
+        k_desc = k_base
+        v_desc = v_base
+    q = _load_rows(q_desc, q_base, stride_qt, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True,
+                   EVEN_D)
+    seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
+    acc, l_i, m_i = _fwd_kv_walk(
+        q, k_desc, v_desc, k_base, v_base, stride_kt, stride_vt, Q, 0, 0, start_m, L_q, L_k,
+        L_k, D, qk_scale, 0.0, seed, bh, dropout_p, False, CAUSAL, False, 0, False, DROPOUT,
+        PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+    out, lse = _fwd_finish(acc, l_i, m_i, drop_scale, DROPOUT)  # no keys: O = 0, LSE = +inf
+    _store_rows(O, o_base, stride_ot, start_m, L_q, D, out.to(O.dtype.element_ty), TMA, EVEN_D,
+                BLOCK_M, BLOCK_D)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     tl.store(LSE + h * total_q + q_start + offs_m, lse, mask=offs_m < L_q)
 
 
@@ -122,9 +100,10 @@ def varlen_attention_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, SEED,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-    H, total_q, max_seqlen_k, D, causal,
+    H, total_q, max_seqlen_k, D,
     qk_scale, sm_scale, dropout_p,
-    PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
+    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program per (key block, sequence·head): walks the sequence's query blocks."""
@@ -135,56 +114,23 @@ def varlen_attention_bwd_dkdv_kernel(
     if start_n >= L_k:
         return
     q_start, L_q = _sequence(CU_Q, b)
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_m0 = tl.arange(0, BLOCK_M)
-    k_ptr = tl.make_block_ptr(K + k_start * stride_kt + h * stride_kh, shape=(L_k, D),
-                              strides=(stride_kt, 1), offsets=(start_n, 0),
-                              block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
-    v_ptr = tl.make_block_ptr(V + k_start * stride_vt + h * stride_vh, shape=(L_k, D),
-                              strides=(stride_vt, 1), offsets=(start_n, 0),
-                              block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
-    k = tl.load(k_ptr, boundary_check=(0, 1), padding_option="zero")
-    v = tl.load(v_ptr, boundary_check=(0, 1), padding_option="zero")
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    k_base = K + k_start * stride_kt + h * stride_kh
+    v_base = V + k_start * stride_vt + h * stride_vh
+    k = _load_rows(k_base, k_base, stride_kt, start_n, L_k, D, BLOCK_N, BLOCK_D, False, True,
+                   EVEN_D)
+    v = _load_rows(v_base, v_base, stride_vt, start_n, L_k, D, BLOCK_N, BLOCK_D, False, True,
+                   EVEN_D)
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
-
-    lo = 0
-    if causal:
-        lo = (start_n // BLOCK_M) * BLOCK_M
-    q_ptr = tl.make_block_ptr(Q + q_start * stride_qt + h * stride_qh, shape=(L_q, D),
-                              strides=(stride_qt, 1), offsets=(lo, 0),
-                              block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
-    do_ptr = tl.make_block_ptr(DO + q_start * stride_dot + h * stride_doh, shape=(L_q, D),
-                               strides=(stride_dot, 1), offsets=(lo, 0),
-                               block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
     stats = h * total_q + q_start
-    for start_m in range(lo, L_q, BLOCK_M):
-        offs_m = start_m + offs_m0
-        q = tl.load(q_ptr, boundary_check=(0, 1), padding_option="zero")
-        do = tl.load(do_ptr, boundary_check=(0, 1), padding_option="zero")
-        lse2 = tl.load(LSE + stats + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
-        delta = tl.load(DELTA + stats + offs_m, mask=offs_m < L_q, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        s, _ = _apply_masks(s, 0, offs_m, offs_n, L_k, causal, 0.0, 0)
-        p = _probabilities(s, lse2, offs_m, L_k, causal, 0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        dv_tile, dp = _dv_and_dropout(p, do, dp, seed, bh, offs_m, start_n, dropout_p,
-                                      drop_scale, DROPOUT, BLOCK_N, PRECISION)
-        dv += dv_tile
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-        q_ptr = tl.advance(q_ptr, (BLOCK_M, 0))
-        do_ptr = tl.advance(do_ptr, (BLOCK_M, 0))
-
-    dk_ptr = tl.make_block_ptr(DK + k_start * stride_dkt + h * stride_dkh, shape=(L_k, D),
-                               strides=(stride_dkt, 1), offsets=(start_n, 0),
-                               block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
-    dv_ptr = tl.make_block_ptr(DV + k_start * stride_dvt + h * stride_dvh, shape=(L_k, D),
-                               strides=(stride_dvt, 1), offsets=(start_n, 0),
-                               block_shape=(BLOCK_N, BLOCK_D), order=(1, 0))
-    tl.store(dk_ptr, (dk * sm_scale).to(DK.dtype.element_ty), boundary_check=(0, 1))
-    tl.store(dv_ptr, dv.to(DV.dtype.element_ty), boundary_check=(0, 1))
+    dk, dv = _dkdv_q_walk(
+        k, v, Q + q_start * stride_qt + h * stride_qh, DO + q_start * stride_dot + h * stride_doh,
+        stride_qt, stride_dot, LSE + stats, DELTA + stats, Q, 0, 0, start_n, L_q, L_k, L_k, D,
+        qk_scale, 0.0, seed, bh, dropout_p, drop_scale, False, False, CAUSAL, 0, False, DROPOUT,
+        PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+    _store_rows(DK, DK + k_start * stride_dkt + h * stride_dkh, stride_dkt, start_n, L_k, D,
+                (dk * sm_scale).to(DK.dtype.element_ty), False, EVEN_D, BLOCK_N, BLOCK_D)
+    _store_rows(DV, DV + k_start * stride_dvt + h * stride_dvh, stride_dvt, start_n, L_k, D,
+                dv.to(DV.dtype.element_ty), False, EVEN_D, BLOCK_N, BLOCK_D)
 
 
 @triton.jit
@@ -192,9 +138,10 @@ def varlen_attention_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, SEED,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_dqt, stride_dqh,
-    H, total_q, max_seqlen_q, D, causal,
+    H, total_q, max_seqlen_q, D,
     qk_scale, sm_scale, dropout_p,
-    PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
+    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program per (query block, sequence·head): walks the sequence's key blocks."""
@@ -206,47 +153,20 @@ def varlen_attention_bwd_dq_kernel(
         return
     k_start, L_k = _sequence(CU_K, b)
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n0 = tl.arange(0, BLOCK_N)
-    q_ptr = tl.make_block_ptr(Q + q_start * stride_qt + h * stride_qh, shape=(L_q, D),
-                              strides=(stride_qt, 1), offsets=(start_m, 0),
-                              block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
-    do_ptr = tl.make_block_ptr(DO + q_start * stride_dot + h * stride_doh, shape=(L_q, D),
-                               strides=(stride_dot, 1), offsets=(start_m, 0),
-                               block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
-    q = tl.load(q_ptr, boundary_check=(0, 1), padding_option="zero")
-    do = tl.load(do_ptr, boundary_check=(0, 1), padding_option="zero")
+    q_base = Q + q_start * stride_qt + h * stride_qh
+    do_base = DO + q_start * stride_dot + h * stride_doh
+    q = _load_rows(q_base, q_base, stride_qt, start_m, L_q, D, BLOCK_M, BLOCK_D, False, True,
+                   EVEN_D)
+    do = _load_rows(do_base, do_base, stride_dot, start_m, L_q, D, BLOCK_M, BLOCK_D, False,
+                    True, EVEN_D)
     stats = h * total_q + q_start
     lse2 = tl.load(LSE + stats + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + stats + offs_m, mask=offs_m < L_q, other=0.0)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
-
-    kT_ptr = tl.make_block_ptr(K + k_start * stride_kt + h * stride_kh, shape=(D, L_k),
-                               strides=(1, stride_kt), offsets=(0, 0),
-                               block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
-    vT_ptr = tl.make_block_ptr(V + k_start * stride_vt + h * stride_vh, shape=(D, L_k),
-                               strides=(1, stride_vt), offsets=(0, 0),
-                               block_shape=(BLOCK_D, BLOCK_N), order=(0, 1))
-    hi = L_k
-    if causal:
-        hi = tl.minimum(L_k, start_m + BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        kT = tl.load(kT_ptr, boundary_check=(0, 1), padding_option="zero")
-        vT = tl.load(vT_ptr, boundary_check=(0, 1), padding_option="zero")
-        s = tl.dot(q, kT, input_precision=PRECISION) * qk_scale
-        s, _ = _apply_masks(s, 0, offs_m, offs_n, L_k, causal, 0.0, 0)
-        p = _probabilities(s, lse2, offs_m, L_k, causal, 0)
-        dp = tl.dot(do, vT, input_precision=PRECISION)
-        if DROPOUT:
-            kept = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
-            dp = tl.where(kept, dp * drop_scale, 0.0)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(kT.dtype), tl.trans(kT), input_precision=PRECISION)
-        kT_ptr = tl.advance(kT_ptr, (0, BLOCK_N))
-        vT_ptr = tl.advance(vT_ptr, (0, BLOCK_N))
-
-    dq_ptr = tl.make_block_ptr(DQ + q_start * stride_dqt + h * stride_dqh, shape=(L_q, D),
-                               strides=(stride_dqt, 1), offsets=(start_m, 0),
-                               block_shape=(BLOCK_M, BLOCK_D), order=(1, 0))
-    tl.store(dq_ptr, (dq * sm_scale).to(DQ.dtype.element_ty), boundary_check=(0, 1))
+    dq = _dq_kv_walk(
+        q, do, lse2, delta, K + k_start * stride_kt + h * stride_kh,
+        V + k_start * stride_vt + h * stride_vh, stride_kt, stride_vt, Q, 0, 0, start_m, L_q,
+        L_k, L_k, D, qk_scale, 0.0, seed, bh, dropout_p, drop_scale, False, CAUSAL, False, 0,
+        False, DROPOUT, PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+    _store_rows(DQ, DQ + q_start * stride_dqt + h * stride_dqh, stride_dqt, start_m, L_q, D,
+                (dq * sm_scale).to(DQ.dtype.element_ty), False, EVEN_D, BLOCK_M, BLOCK_D)

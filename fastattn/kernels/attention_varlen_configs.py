@@ -70,20 +70,26 @@ def aot_specs(capability_major: int):
         for i in range(_N_STRIDES[kernel]):
             sig[f"s{i}"] = "i32"
         sig.update({"H": "i32", "total_q": "i32", "max_seqlen": "i32", "D": "i32",
-                    "causal": "i32", "qk_scale": "fp32"})
+                    "qk_scale": "fp32"})
         if kernel != "fwd":
             sig["sm_scale"] = "fp32"
         sig["dropout_p"] = "fp32"
-        constexprs = dict(PRECISION="tf32x3" if dtype == "float32" else "tf32", DROPOUT=dropout,
-                          BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d)
-        for k in constexprs:
-            sig[k] = "constexpr"
-        yield dict(
-            kernel=f"varlen_{kernel}",
-            fn=f"fastattn.kernels.attention_varlen:varlen_attention_{kernel}_kernel",
-            signature=sig, constexprs=constexprs,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            config=(f"D={block_d} {dtype}{' dropout' if dropout else ''} M{cfg.block_m} "
-                    f"N{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"),
-            head_dim=block_d,
-        )
+        for causal in (False,) if dropout else (False, True):
+            flags = dict(CAUSAL=causal, EVEN_D=True)
+            if kernel == "fwd":  # the sm_90 forward of 2-byte types, head_dim <= 128: TMA
+                flags["TMA"] = (capability_major >= 9 and dtype != "float32"
+                                and block_d <= 128)
+            constexprs = dict(flags, PRECISION="tf32x3" if dtype == "float32" else "tf32",
+                              DROPOUT=dropout, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                              BLOCK_D=block_d)
+            names = "".join(f" {f.lower()}" for f in ("CAUSAL", "TMA") if flags.get(f))
+            yield dict(
+                kernel=f"varlen_{kernel}",
+                fn=f"fastattn.kernels.attention_varlen:varlen_attention_{kernel}_kernel",
+                signature=dict(sig, **{k: "constexpr" for k in constexprs}),
+                constexprs=constexprs,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                config=(f"D={block_d} {dtype}{' dropout' if dropout else ''}{names} "
+                        f"M{cfg.block_m} N{cfg.block_n} w{cfg.num_warps} s{cfg.num_stages}"),
+                head_dim=block_d,
+            )

@@ -30,7 +30,10 @@ from typing import Optional, Tuple
 import torch
 
 from fastattn.backends import interpreter_enabled
-from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on, target_device
+from fastattn.ops.key_lengths import key_padding_lengths
+from fastattn.ops.launch import (
+    cdiv, ensure_tma_allocator, last_dim_contiguous, launch_on, target_device, tma_compatible,
+    tma_supported)
 from fastattn.kernels.attention_configs import (
     DEFAULT_SMEM_LIMIT, DROPOUT_MASK_BLOCK, block_d_for, pick_config, smem_limit_for)
 
@@ -81,6 +84,18 @@ def _kernel_mask(mask_kind: int) -> Tuple[int, float]:
     if mask_kind == 3:
         return 1, float("-inf")
     return mask_kind, -1.0e10
+
+
+def _masked_raw(masked_score: float, qk_scale: float) -> float:
+    """What the forward kernel puts in place of Q K^T where the keep mask is 0: -inf stays
+    -inf; -1e10 becomes -2^k with 2^k · qk_scale >= 1e10 · log2(e), so the base-2 score
+    -2^k · qk_scale is exact in fp32 (a power-of-two multiple), whatever the FFMA rounds.  The
+    score is then between -1e10 and -2e10 (natural log): exp of it relative to any real score
+    is exactly 0, and a fully masked row is uniform, as under -1e10 itself."""
+    if masked_score == float("-inf"):
+        return masked_score
+    k = math.ceil(math.log2(-masked_score * 1.4426950408889634 / qk_scale))
+    return -(2.0 ** min(k, 127))
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -134,6 +149,15 @@ def _config(kernel, q, mask_kind, length, layout, dropout):
                        mask_layout=layout, dropout=dropout, device=q.device)
 
 
+def _key_lengths(mask_t, strides, mask_kind: int, layout: str, ref: torch.Tensor):
+    """(LENS argument, KEY_LENGTHS) for the kernels: per-sequence prefix lengths of a
+    key-padding keep mask that is the same for every head (computed on the device, no host
+    sync); a dummy pointer and False for every other mask."""
+    if mask_kind == 1 and layout == "row" and strides[1] == 0:
+        return key_padding_lengths(mask_t[:, 0, 0, :]), True
+    return ref, False
+
+
 def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float,
                       dropout_p: float = 0.0, seed: Optional[torch.Tensor] = None):
     """Launch the forward kernel; returns (out, lse)."""
@@ -146,20 +170,30 @@ def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float,
     lse = torch.empty(n, h, lq, dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
+    if scale < 0:  # the kernel's fused running max needs a scale > 0: S = |scale| q (-k)^T
+        k, scale = -k, -scale
+    elif scale == 0:  # S = 0 everywhere, as with zero queries and scale 1
+        q, scale = torch.zeros_like(q), 1.0
     mask_t, ms = _mask_view(mask, q, (n, h, lq, lk))
     layout = _mask_layout(mask, mask_t, ms)
     mask_kind, masked_score = _kernel_mask(mask_kind)
+    lens, key_lengths = _key_lengths(mask_t, ms, mask_kind, layout, lse)
     cfg = _config("fwd", q, mask_kind, lq, layout, dropout_p > 0)
+    block_d = block_d_for(d)
+    tma = tma_supported(q.device) and tma_compatible((q, k, v, out), d, block_d)
+    if tma:
+        ensure_tma_allocator()
     grid = (cdiv(lq, cfg.block_m) * n * h,)
+    qk_scale = scale * 1.4426950408889634
     with launch_on(q.device):
         attention_fwd_kernel[grid](
-            q, k, v, mask_t, out, lse, _seed_arg(seed, lse, dropout_p),
+            q, k, v, mask_t, lens, out, lse, _seed_arg(seed, lse, dropout_p),
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *out.stride()[:3],
-            h, lq, lk, d, int(causal), scale * 1.4426950408889634, masked_score,
-            float(dropout_p),
-            MASK_KIND=mask_kind, MASK_ROW=layout == "row", PRECISION=_precision(q.dtype),
-            DROPOUT=dropout_p > 0,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d_for(d),
+            h, lq, lk, d, qk_scale, _masked_raw(masked_score, qk_scale), float(dropout_p),
+            MASK_KIND=mask_kind, MASK_ROW=layout == "row", KEY_LENGTHS=key_lengths,
+            CAUSAL=bool(causal), EVEN_N=lk % cfg.block_n == 0, EVEN_D=d == block_d, TMA=tma,
+            PRECISION=_precision(q.dtype), DROPOUT=dropout_p > 0,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out, lse
@@ -183,7 +217,9 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
     mask_t, ms = _mask_view(mask, q, (n, h, lq, lk))
     layout = _mask_layout(mask, mask_t, ms)
     mask_kind, masked_score = _kernel_mask(mask_kind)
-    common = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row", PRECISION=_precision(q.dtype),
+    lens, key_lengths = _key_lengths(mask_t, ms, mask_kind, layout, lse)
+    common = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row", KEY_LENGTHS=key_lengths,
+                  CAUSAL=bool(causal), EVEN_D=d == block_d, PRECISION=_precision(q.dtype),
                   DROPOUT=dropout_p > 0, BLOCK_D=block_d)
     seed_t = _seed_arg(seed, lse, dropout_p)
     qk_scale = scale * 1.4426950408889634
@@ -194,19 +230,20 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
             BLOCK_M=pre_m, BLOCK_D=block_d)
         cfg = _config("bwd_dkdv", q, mask_kind, lk, layout, dropout_p > 0)
         attention_bwd_dkdv_kernel[(cdiv(lk, cfg.block_n) * n * h,)](
-            q, k, v, mask_t, dout, lse, delta, dk, dv, seed_t,
+            q, k, v, mask_t, lens, dout, lse, delta, dk, dv, seed_t,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
             *dk.stride()[:3], *dv.stride()[:3],
-            h, lq, lk, d, int(causal), qk_scale, scale, masked_score, float(dropout_p),
+            h, lq, lk, d, qk_scale, scale, masked_score, float(dropout_p),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, **common)
         cfg = _config("bwd_dq", q, mask_kind, lq, layout, dropout_p > 0)
         attention_bwd_dq_kernel[(cdiv(lq, cfg.block_m) * n * h,)](
-            q, k, v, mask_t, dout, lse, delta, dq, seed_t,
+            q, k, v, mask_t, lens, dout, lse, delta, dq, seed_t,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
             *dq.stride()[:3],
-            h, lq, lk, d, int(causal), qk_scale, scale, masked_score, float(dropout_p),
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            h, lq, lk, d, qk_scale, scale, masked_score, float(dropout_p),
+            EVEN_N=lk % cfg.block_n == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, **common)
     return dq, dk, dv
 

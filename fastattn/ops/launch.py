@@ -67,3 +67,54 @@ def last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 def launch_on(device: torch.device):
     """Context that makes ``device`` the current CUDA device while launching (none on CPU)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def tma_supported(device: torch.device) -> bool:
+    """Whether the kernels may read through TMA tensor descriptors on ``device``: sm_90 or
+    newer with a Triton that has ``tl.make_tensor_descriptor`` (3.6 and 3.8 do), or the
+    interpreter (which runs descriptors on the CPU)."""
+    try:
+        import triton.language as tl
+    except ImportError:
+        return False
+    if not hasattr(tl, "make_tensor_descriptor"):
+        return False
+    from fastattn.backends import interpreter_enabled
+
+    if interpreter_enabled():
+        return True
+    capability = device_capability(device)
+    return capability is not None and capability[0] >= 9
+
+
+def tma_compatible(tensors, head_dim: int, block_d: int) -> bool:
+    """TMA needs 16-byte aligned base addresses and row strides; the kernels also only use it
+    for 2-byte elements with head_dim == BLOCK_D <= 128 (one box row of at most 256 bytes per
+    tile row, no padding)."""
+    if head_dim != block_d or not 8 <= head_dim <= 128:
+        return False
+    for t in tensors:
+        if t.element_size() != 2 or t.data_ptr() % 16:
+            return False
+        if any((st * t.element_size()) % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
+def ensure_tma_allocator() -> None:
+    """Device-side tensor descriptors need a small global scratch buffer from the allocator
+    Triton was given; install a torch-backed one unless the caller has set their own."""
+    import triton
+
+    try:
+        from triton.runtime._allocation import NullAllocator, _allocator
+    except ImportError:  # pragma: no cover - layout of older releases
+        return
+    if not isinstance(_allocator.get(), NullAllocator):
+        return
+
+    def alloc(size: int, alignment: int, stream):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.empty(size, dtype=torch.int8, device=device)
+
+    triton.set_allocator(alloc)

@@ -39,7 +39,8 @@ from fastattn.kernels.attention_varlen_configs import (
     INTERPRETER_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M, pick_varlen_config)
 from fastattn.ops.attention import (_DTYPE_NAMES, _precision, _seed_arg, _smem_limit,
                                     draw_dropout_seed)
-from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on
+from fastattn.ops.launch import (
+    cdiv, ensure_tma_allocator, last_dim_contiguous, launch_on, tma_compatible, tma_supported)
 
 LOG2E = 1.4426950408889634
 
@@ -64,15 +65,24 @@ def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, sc
     lse = torch.empty(h, total_q, dtype=torch.float32, device=q.device)
     if out.numel() == 0 or batch <= 0 or max_q <= 0:  # nothing to launch: no query rows
         return out.zero_(), lse.fill_(float("inf"))
+    if scale < 0:  # the kernel's fused running max needs a scale > 0: S = |scale| q (-k)^T
+        k, scale = -k, -scale
+    elif scale == 0:  # S = 0 everywhere, as with zero queries and scale 1
+        q, scale = torch.zeros_like(q), 1.0
     cfg = _config("fwd", q, max_q, dropout_p > 0)
+    block_d = block_d_for(d)
+    tma = tma_supported(q.device) and tma_compatible((q, k, v, out), d, block_d)
+    if tma:
+        ensure_tma_allocator()
     grid = (cdiv(max_q, cfg.block_m) * batch * h,)
     with launch_on(q.device):
         varlen_attention_fwd_kernel[grid](
             q, k, v, out, lse, cu_q, cu_k, _seed_arg(seed, lse, dropout_p),
             *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *out.stride()[:2],
-            h, total_q, max_q, d, int(causal), scale * LOG2E, float(dropout_p),
-            PRECISION=_precision(q.dtype), DROPOUT=dropout_p > 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            BLOCK_D=block_d_for(d), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            h, total_q, max_q, d, scale * LOG2E, float(dropout_p),
+            CAUSAL=bool(causal), EVEN_D=d == block_d, TMA=tma, PRECISION=_precision(q.dtype),
+            DROPOUT=dropout_p > 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse
 
 
@@ -94,7 +104,8 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
         return dq.zero_(), dk.zero_(), dv.zero_()
     block_d = block_d_for(d)
     delta = torch.empty(h, total_q, dtype=torch.float32, device=q.device)
-    common = dict(PRECISION=_precision(q.dtype), DROPOUT=dropout_p > 0, BLOCK_D=block_d)
+    common = dict(CAUSAL=bool(causal), EVEN_D=d == block_d, PRECISION=_precision(q.dtype),
+                  DROPOUT=dropout_p > 0, BLOCK_D=block_d)
     seed_t = _seed_arg(seed, lse, dropout_p)
     qk_scale = scale * LOG2E
     if max_k <= 0:
@@ -113,7 +124,7 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
                 q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, seed_t,
                 *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *dout.stride()[:2],
                 *dk.stride()[:2], *dv.stride()[:2],
-                h, total_q, max_k, d, int(causal), qk_scale, scale, float(dropout_p),
+                h, total_q, max_k, d, qk_scale, scale, float(dropout_p),
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages, **common)
         if max_q > 0:
@@ -122,7 +133,7 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
                 q, k, v, dout, lse, delta, dq, cu_q, cu_k, seed_t,
                 *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *dout.stride()[:2],
                 *dq.stride()[:2],
-                h, total_q, max_q, d, int(causal), qk_scale, scale, float(dropout_p),
+                h, total_q, max_q, d, qk_scale, scale, float(dropout_p),
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages, **common)
     return dq, dk, dv
