@@ -27,7 +27,8 @@ from fastattn.backends import interpreter_enabled
 from fastattn.kernels.matmul_configs import (ACTIVATIONS, EPILOGUES, LAYOUTS, MatmulConfig,
                                              case_key, pick_config)
 from fastattn.ops.attention import _DTYPE_NAMES, _precision, _smem_limit
-from fastattn.ops.launch import cdiv, device_capability, launch_on, target_device
+from fastattn.ops.launch import (cdiv, device_capability, ensure_tma_allocator, launch_on,
+                                 target_device)
 
 _ACT_NAMES = {v: k for k, v in ACTIVATIONS.items()}
 _HALF = (torch.float16, torch.bfloat16)
@@ -94,26 +95,6 @@ def tma_operands(a, b, c, pre, residual):
     return (oa[0], ob[0], oa[1], ob[1], *rows)
 
 
-def _set_allocator():
-    """Device-side tensor descriptors need a global scratch buffer from Triton's allocator;
-    install a torch one unless the user set theirs (set per thread: it is a context var)."""
-    import triton
-
-    try:
-        from triton.runtime._allocation import NullAllocator, _allocator
-        if not isinstance(_allocator.get(), NullAllocator):
-            return
-    except ImportError:  # other Triton versions: always install ours
-        pass
-
-    def alloc(size: int, alignment: int, stream: Optional[int]):
-        dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-            else torch.device("cpu")
-        return torch.empty(size, dtype=torch.int8, device=dev)
-
-    triton.set_allocator(alloc)
-
-
 def matmul(a: torch.Tensor, b: torch.Tensor, epilogue: str = "plain", *,
            bias: Optional[torch.Tensor] = None, pre: Optional[torch.Tensor] = None,
            residual: Optional[torch.Tensor] = None, out_dtype: Optional[torch.dtype] = None,
@@ -158,7 +139,7 @@ def _launch_tma(a, b, c, bias, pre, residual, flags, cfg, tma):
     tiles = cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
     programs = min(tiles, _num_programs(a.device))
     with launch_on(a.device):
-        _set_allocator()
+        ensure_tma_allocator()
         matmul_tma_kernel[(programs,)](
             a, b, c, bias if bias is not None else c, pre if pre is not None else c,
             residual if residual is not None else c, m, n, k,

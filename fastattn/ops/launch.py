@@ -103,18 +103,21 @@ def tma_compatible(tensors, head_dim: int, block_d: int) -> bool:
 
 def ensure_tma_allocator() -> None:
     """Device-side tensor descriptors need a small global scratch buffer from the allocator
-    Triton was given; install a torch-backed one unless the caller has set their own."""
+    Triton was given; install a torch-backed one unless the caller has set their own.  The
+    allocator is a context variable, so this runs per thread (autograd's backward runs on
+    another thread than the forward)."""
     import triton
 
     try:
         from triton.runtime._allocation import NullAllocator, _allocator
-    except ImportError:  # pragma: no cover - layout of older releases
-        return
-    if not isinstance(_allocator.get(), NullAllocator):
-        return
+        if not isinstance(_allocator.get(), NullAllocator):
+            return
+    except ImportError:  # pragma: no cover - other releases' layout: always install ours
+        pass
 
     def alloc(size: int, alignment: int, stream):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device("cuda", torch.cuda.current_device()) \
+            if torch.cuda.is_available() else torch.device("cpu")
         return torch.empty(size, dtype=torch.int8, device=device)
 
     triton.set_allocator(alloc)
