@@ -20,7 +20,7 @@ from fastattn.kernel_cases import Case, torch_dtype
 
 DTYPES = ("fp32", "fp16", "bf16")
 HEAD_DIMS = (16, 32, 64, 128, 256)
-SHORT, LONG = 48, 128  # one length per bucket of the attention tables (<= 64, longer)
+SHORT, LONG = 47, 129  # one odd length per bucket of the tables (<= 64, longer): EVEN_N off
 # (op-level mask kind, layout) -> mask tensor maker; the layouts the attention launcher tells
 # apart: none, row (key padding), full (4- or 8-byte tile), narrow (1- or 2-byte tile).
 MASKS = ("none", "keep-row", "keep-full", "keep-narrow", "add-row", "add-full", "add-narrow")
@@ -59,22 +59,27 @@ def attention_sweep() -> List[Case]:
     from fastattn.ops import attention as ops
 
     cases = []
-    for d, dtype, mask, length, dropout in itertools.product(
-            HEAD_DIMS, DTYPES, MASKS, (SHORT, LONG), (False, True)):
-        def run(d=d, dtype=dtype, mask=mask, length=length, dropout=dropout):
+    for d, dtype, mask, length, dropout, causal in itertools.product(
+            HEAD_DIMS, DTYPES, MASKS, (SHORT, LONG), (False, True), (False, True)):
+        if causal and (mask != "none" or dropout):  # causal variants: unmasked, no dropout
+            continue
+
+        def run(d=d, dtype=dtype, mask=mask, length=length, dropout=dropout, causal=causal):
             n, h, dt = 2, 3, torch_dtype(dtype)
             proj = torch.empty(n, length, 3 * h * d, dtype=dt)
             q, k, v = (t.unflatten(-1, (h, d)).transpose(1, 2) for t in proj.chunk(3, -1))
             m, kind = _mask(mask, n, length, length, dt)
             p = 0.1 if dropout else 0.0
             seed = torch.zeros(1, dtype=torch.int64) if dropout else None
-            out, lse = ops.attention_forward(q, k, v, m, kind, False, d ** -0.5, p, seed)
+            out, lse = ops.attention_forward(q, k, v, m, kind, causal, d ** -0.5, p, seed)
             dout = torch.empty(n, length, h, d, dtype=dt).transpose(1, 2)
-            ops.attention_backward(dout, q, k, v, out, lse, m, kind, False, d ** -0.5, p, seed)
+            ops.attention_backward(dout, q, k, v, out, lse, m, kind, causal, d ** -0.5, p,
+                                   seed)
 
-        tag = f"d{d}-{dtype}-{mask}-L{length}{'-dropout' if dropout else ''}"
+        tag = (f"d{d}-{dtype}-{mask}-L{length}{'-dropout' if dropout else ''}"
+               f"{'-causal' if causal else ''}")
         labels = dict(name=tag, family="attention", dtype=dtype, head_dim=d, seqlen=length,
-                      mask=mask, dropout=dropout)
+                      mask="causal" if causal else mask, dropout=dropout)
         cases.append(Case(labels, run, auxiliary=True))
 
     def dropout_mask():
@@ -91,9 +96,12 @@ def varlen_sweep() -> List[Case]:
     from fastattn.ops import varlen as ops
 
     cases = []
-    for d, dtype, length, dropout in itertools.product(HEAD_DIMS, DTYPES, (SHORT, LONG),
-                                                       (False, True)):
-        def run(d=d, dtype=dtype, length=length, dropout=dropout):
+    for d, dtype, length, dropout, causal in itertools.product(
+            HEAD_DIMS, DTYPES, (SHORT, LONG), (False, True), (False, True)):
+        if causal and dropout:  # causal variants: no dropout
+            continue
+
+        def run(d=d, dtype=dtype, length=length, dropout=dropout, causal=causal):
             h, dt, lengths = 3, torch_dtype(dtype), [length, length - 5]
             total = sum(lengths)
             proj = torch.empty(total, 3 * h * d, dtype=dt)
@@ -101,14 +109,15 @@ def varlen_sweep() -> List[Case]:
             cu = torch.tensor([0, lengths[0], total], dtype=torch.int32)
             p = 0.1 if dropout else 0.0
             seed = torch.zeros(1, dtype=torch.int64) if dropout else None
-            out, lse = ops.varlen_forward(q, k, v, cu, cu, length, length, False, d ** -0.5, p,
-                                          seed)
+            out, lse = ops.varlen_forward(q, k, v, cu, cu, length, length, causal, d ** -0.5,
+                                          p, seed)
             ops.varlen_backward(torch.empty(total, h, d, dtype=dt), q, k, v, out, lse, cu, cu,
-                                length, length, False, d ** -0.5, p, seed)
+                                length, length, causal, d ** -0.5, p, seed)
 
-        tag = f"d{d}-{dtype}-L{length}{'-dropout' if dropout else ''}"
+        tag = (f"d{d}-{dtype}-L{length}{'-dropout' if dropout else ''}"
+               f"{'-causal' if causal else ''}")
         labels = dict(name=tag, family="varlen", dtype=dtype, head_dim=d, seqlen=length,
-                      mask="none", dropout=dropout)
+                      mask="causal" if causal else "none", dropout=dropout)
         cases.append(Case(labels, run, auxiliary=True))
     return cases
 
@@ -140,18 +149,25 @@ def matmul_sweep() -> List[Case]:
     from fastattn.ops.feedforward import matmul
 
     cases = []
-    for epilogue, dtype, m in itertools.product(EPILOGUES, DTYPES, GEMM_M):
-        def run(epilogue=epilogue, dtype=dtype, m=m):
+    for epilogue, dtype, m, kernel in itertools.product(EPILOGUES, DTYPES, GEMM_M,
+                                                        (None, "pointer")):
+        if kernel == "pointer" and dtype == "fp32":  # fp32 always takes the pointer kernel
+            continue
+
+        def run(epilogue=epilogue, dtype=dtype, m=m, kernel=kernel):
             dt, k, n = torch_dtype(dtype), 768, 3072
             t = lambda *shape: torch.empty(*shape, dtype=dt)  # noqa: E731
             has_bias, _, store_pre, act_grad, has_res = EPILOGUES[epilogue]
             b = t(n, k).t() if has_bias else t(k, n)  # forward: a weight's transpose
             matmul(t(m, k), b, epilogue, bias=t(n) if has_bias else None,
                    pre=t(m, n) if store_pre or act_grad else None,
-                   residual=t(m, n) if has_res else None)
+                   residual=t(m, n) if has_res else None, kernel=kernel)
+            if epilogue == "plain":  # the weight gradients read dH^T / dY^T: A transposed
+                matmul(t(k, m).t(), t(k, n), epilogue, kernel=kernel)
 
-        labels = dict(name=f"{epilogue}-{dtype}-M{m}", family="matmul", dtype=dtype,
-                      epilogue=epilogue, m=m)
+        # kernel="pointer": what sm_90 runs for operands TMA cannot read
+        labels = dict(name=f"{epilogue}-{dtype}-M{m}{'-pointer' if kernel else ''}",
+                      family="matmul", dtype=dtype, epilogue=epilogue, m=m)
         cases.append(Case(labels, run))
     return cases
 

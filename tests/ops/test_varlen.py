@@ -288,7 +288,7 @@ BAD = [
     ("k", lambda a: a["k"][:, :1], ValueError, "k and v must have one shape"),
     ("q", lambda a: a["q"].to(torch.int64), TypeError, "dtype"),
     ("cu_seqlens_q", lambda a: a["cu_seqlens_q"].long(), TypeError, "cu_seqlens_q must be int32"),
-    ("cu_seqlens_k", lambda a: a["cu_seqlens_k"][None], ValueError, "cu_seqlens_k must have shape"),
+    ("cu_seqlens_k", lambda a: a["cu_seqlens_k"][None], ValueError, "cu_seqlens_k must be a contiguous 1-D int32"),
     ("cu_seqlens_k", lambda a: a["cu_seqlens_k"][:2], ValueError, "one length"),
     ("cu_seqlens_q", lambda a: [0, 3, 7], TypeError, "cu_seqlens_q must be a torch.Tensor"),
     ("max_seqlen_q", lambda a: torch.tensor(4), TypeError, "max_seqlen_q must be a Python int"),
