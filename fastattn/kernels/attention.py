@@ -45,7 +45,8 @@ Element (z·H + h, i, j) keeps its probability when output j % 4 of Philox-4x32-
 from torch's generator for every call) maps to a uniform number >= dropout_p.  The backward kernels
 regenerate exactly the same Z from the same counters; :func:`attention_dropout_mask_kernel`
 writes Z out for tests.  Cost: ten Philox rounds per score element, recomputed in each of the
-three kernels (2.5 per element: one call serves four keys); nothing extra in memory.  The row sum LSE is taken before dropout, as in torch.
+three kernels (2.5 per element: one call serves four keys); nothing extra in memory.  The row
+sum LSE is taken before dropout, as in torch.
 
 Masked scores under MASK_KEEP are the constant -1e10, so a fully masked row attends uniformly
 to its keys.  In fp32, lse = -1e10 + log(count) rounds to -1e10 and loses log(count); the
@@ -57,7 +58,7 @@ import triton.language as tl
 from fastattn.kernels.attention_tiles import (  # noqa: F401  (re-exported)
     FULLY_MASKED_LSE, LN2, LOG2E, MASK_ADD, MASK_KEEP, MASK_NONE, _dkdv_q_walk, _dq_kv_walk,
     _dropout_keep, _dropout_state, _fwd_finish, _fwd_kv_walk, _load_rows, _program_tile,
-    _store_rows)
+    _rows_source, _store_rows)
 
 
 @triton.jit
@@ -102,19 +103,10 @@ def attention_fwd_kernel(
     v_base = V + z * stride_vz + h * stride_vh
     o_base = O + z * stride_oz + h * stride_oh
     mask_base = MASK + z * stride_mz + h * stride_mh
-    if TMA:
-        q_desc = tl.make_tensor_descriptor(q_base, shape=[L_q, D], strides=[stride_qm, 1],
-                                           block_shape=[BLOCK_M, BLOCK_D])
-        k_desc = tl.make_tensor_descriptor(k_base, shape=[L_k, D], strides=[stride_kn, 1],
-                                           block_shape=[BLOCK_N, BLOCK_D])
-        v_desc = tl.make_tensor_descriptor(v_base, shape=[L_k, D], strides=[stride_vn, 1],
-                                           block_shape=[BLOCK_N, BLOCK_D])
-    else:
-        q_desc = q_base
-        k_desc = k_base
-        v_desc = v_base
-    q = _load_rows(q_desc, q_base, stride_qm, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True,
-                   EVEN_D)
+    k_desc = _rows_source(k_base, L_k, D, stride_kn, BLOCK_N, BLOCK_D, TMA)
+    v_desc = _rows_source(v_base, L_k, D, stride_vn, BLOCK_N, BLOCK_D, TMA)
+    q = _load_rows(_rows_source(q_base, L_q, D, stride_qm, BLOCK_M, BLOCK_D, TMA), q_base,
+                   stride_qm, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True, EVEN_D)
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
     if KEY_LENGTHS:
         length = tl.load(LENS + z)
@@ -178,7 +170,7 @@ def attention_bwd_dkdv_kernel(
     H, L_q, L_k, D,
     qk_scale, sm_scale, masked_score, dropout_p,
     MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, KEY_LENGTHS: tl.constexpr,
-    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -188,12 +180,14 @@ def attention_bwd_dkdv_kernel(
     h = bh % H
     k_base = K + z * stride_kz + h * stride_kh
     v_base = V + z * stride_vz + h * stride_vh
-    k = _load_rows(k_base, k_base, stride_kn, start_n, L_k, D, BLOCK_N, BLOCK_D, False, True,
-                   EVEN_D)
-    v = _load_rows(v_base, v_base, stride_vn, start_n, L_k, D, BLOCK_N, BLOCK_D, False, True,
-                   EVEN_D)
+    k = _load_rows(_rows_source(k_base, L_k, D, stride_kn, BLOCK_N, BLOCK_D, TMA), k_base,
+                   stride_kn, start_n, L_k, D, BLOCK_N, BLOCK_D, TMA, True, EVEN_D)
+    v = _load_rows(_rows_source(v_base, L_k, D, stride_vn, BLOCK_N, BLOCK_D, TMA), v_base,
+                   stride_vn, start_n, L_k, D, BLOCK_N, BLOCK_D, TMA, True, EVEN_D)
     q_base = Q + z * stride_qz + h * stride_qh
     do_base = DO + z * stride_doz + h * stride_doh
+    q_desc = _rows_source(q_base, L_q, D, stride_qm, BLOCK_M, BLOCK_D, TMA)
+    do_desc = _rows_source(do_base, L_q, D, stride_dom, BLOCK_M, BLOCK_D, TMA)
     mask_base = MASK + z * stride_mz + h * stride_mh
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
     if KEY_LENGTHS:
@@ -201,25 +195,36 @@ def attention_bwd_dkdv_kernel(
         dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         if length > 0:
-            if start_n < length:  # blocks of padded keys only: dK = dV = 0, no walk
+            # Key blocks of real keys only: no test; the block the length cuts: the key test;
+            # blocks of padded keys only: dK = dV = 0, no walk.
+            if start_n + BLOCK_N <= length:
                 dk, dv = _dkdv_q_walk(
-                    k, v, q_base, do_base, stride_qm, stride_dom, LSE + bh * L_q,
-                    DELTA + bh * L_q, mask_base, stride_mm, stride_mn, start_n, L_q, L_k,
-                    length, D, qk_scale, masked_score, seed, bh, dropout_p, drop_scale, False,
-                    True, CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, EVEN_D, BLOCK_M,
-                    BLOCK_N, BLOCK_D)
+                    k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom,
+                    LSE + bh * L_q, DELTA + bh * L_q, mask_base, stride_mm, stride_mn, start_n,
+                    L_q, L_k, length, D, qk_scale, masked_score, seed, bh, dropout_p,
+                    drop_scale, False, False, CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION,
+                    TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+            elif start_n < length:
+                dk, dv = _dkdv_q_walk(
+                    k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom,
+                    LSE + bh * L_q, DELTA + bh * L_q, mask_base, stride_mm, stride_mn, start_n,
+                    L_q, L_k, length, D, qk_scale, masked_score, seed, bh, dropout_p,
+                    drop_scale, False, True, CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION,
+                    TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
         else:
             dk, dv = _dkdv_q_walk(
-                k, v, q_base, do_base, stride_qm, stride_dom, LSE + bh * L_q, DELTA + bh * L_q,
-                mask_base, stride_mm, stride_mn, start_n, L_q, L_k, L_k, D, qk_scale,
-                masked_score, seed, bh, dropout_p, drop_scale, True, False, CAUSAL, MASK_KIND,
-                MASK_ROW, DROPOUT, PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+                k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, LSE + bh * L_q,
+                DELTA + bh * L_q, mask_base, stride_mm, stride_mn, start_n, L_q, L_k, L_k, D,
+                qk_scale, masked_score, seed, bh, dropout_p, drop_scale, True, False, CAUSAL,
+                MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N,
+                BLOCK_D)
     else:
         dk, dv = _dkdv_q_walk(
-            k, v, q_base, do_base, stride_qm, stride_dom, LSE + bh * L_q, DELTA + bh * L_q,
-            mask_base, stride_mm, stride_mn, start_n, L_q, L_k, L_k, D, qk_scale, masked_score,
-            seed, bh, dropout_p, drop_scale, MASK_KIND != 0, False, CAUSAL, MASK_KIND,
-            MASK_ROW, DROPOUT, PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+            k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, LSE + bh * L_q,
+            DELTA + bh * L_q, mask_base, stride_mm, stride_mn, start_n, L_q, L_k, L_k, D,
+            qk_scale, masked_score, seed, bh, dropout_p, drop_scale, MASK_KIND != 0, False,
+            CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N,
+            BLOCK_D)
     _store_rows(DK, DK + z * stride_dkz + h * stride_dkh, stride_dkn, start_n, L_k, D,
                 (dk * sm_scale).to(DK.dtype.element_ty), False, EVEN_D, BLOCK_N, BLOCK_D)
     _store_rows(DV, DV + z * stride_dvz + h * stride_dvh, stride_dvn, start_n, L_k, D,
@@ -228,7 +233,7 @@ def attention_bwd_dkdv_kernel(
 
 @triton.jit
 def attention_bwd_dq_kernel(
-    Q, K, V, MASK, LENS, DO, LSE, DELTA, DQ, SEED,
+    Q, K, V, MASK, LENS, DO, LSE, DELTA, DQ, DMASK, SEED,
     stride_qz, stride_qh, stride_qm,
     stride_kz, stride_kh, stride_kn,
     stride_vz, stride_vh, stride_vn,
@@ -238,46 +243,54 @@ def attention_bwd_dq_kernel(
     H, L_q, L_k, D,
     qk_scale, sm_scale, masked_score, dropout_p,
     MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, KEY_LENGTHS: tl.constexpr,
-    CAUSAL: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
-    DROPOUT: tl.constexpr,
+    CAUSAL: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
+    PRECISION: tl.constexpr, DROPOUT: tl.constexpr, MASK_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """One program per (query block, batch·head): walks the key blocks, accumulates dQ."""
+    """One program per (query block, batch·head): walks the key blocks, accumulates dQ.
+    MASK_GRAD (an additive mask that needs a gradient): also writes dS to DMASK
+    (N·H, L_q, L_k) fp32, which the launcher reduces over the mask's broadcast dims."""
     start_m, bh = _program_tile(L_q, BLOCK_M)
     z = bh // H
     h = bh % H
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q_base = Q + z * stride_qz + h * stride_qh
     do_base = DO + z * stride_doz + h * stride_doh
-    q = _load_rows(q_base, q_base, stride_qm, start_m, L_q, D, BLOCK_M, BLOCK_D, False, True,
-                   EVEN_D)
-    do = _load_rows(do_base, do_base, stride_dom, start_m, L_q, D, BLOCK_M, BLOCK_D, False,
-                    True, EVEN_D)
+    q = _load_rows(_rows_source(q_base, L_q, D, stride_qm, BLOCK_M, BLOCK_D, TMA), q_base,
+                   stride_qm, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True, EVEN_D)
+    do = _load_rows(_rows_source(do_base, L_q, D, stride_dom, BLOCK_M, BLOCK_D, TMA), do_base,
+                    stride_dom, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True, EVEN_D)
     lse2 = tl.load(LSE + bh * L_q + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + bh * L_q + offs_m, mask=offs_m < L_q, other=0.0)
     k_base = K + z * stride_kz + h * stride_kh
     v_base = V + z * stride_vz + h * stride_vh
+    k_desc = _rows_source(k_base, L_k, D, stride_kn, BLOCK_N, BLOCK_D, TMA)
+    v_desc = _rows_source(v_base, L_k, D, stride_vn, BLOCK_N, BLOCK_D, TMA)
     mask_base = MASK + z * stride_mz + h * stride_mh
+    dmask_base = DMASK + bh * L_q * L_k
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
     if KEY_LENGTHS:
         length = tl.load(LENS + z)
         if length > 0:
             dq = _dq_kv_walk(
-                q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
-                stride_mn, start_m, L_q, L_k, length, D, qk_scale, masked_score, seed, bh,
-                dropout_p, drop_scale, False, CAUSAL, False, MASK_KIND, MASK_ROW, DROPOUT,
-                PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+                q, do, lse2, delta, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn,
+                mask_base, stride_mm, stride_mn, dmask_base, start_m, L_q, L_k, length, D,
+                qk_scale, masked_score, seed, bh, dropout_p, drop_scale, False, CAUSAL, False,
+                MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
+                BLOCK_N, BLOCK_D)
         else:
             dq = _dq_kv_walk(
-                q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
-                stride_mn, start_m, L_q, L_k, L_k, D, qk_scale, masked_score, seed, bh,
-                dropout_p, drop_scale, True, CAUSAL, EVEN_N, MASK_KIND, MASK_ROW, DROPOUT,
-                PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+                q, do, lse2, delta, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn,
+                mask_base, stride_mm, stride_mn, dmask_base, start_m, L_q, L_k, L_k, D,
+                qk_scale, masked_score, seed, bh, dropout_p, drop_scale, True, CAUSAL, EVEN_N,
+                MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
+                BLOCK_N, BLOCK_D)
     else:
         dq = _dq_kv_walk(
-            q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
-            stride_mn, start_m, L_q, L_k, L_k, D, qk_scale, masked_score, seed, bh, dropout_p,
-            drop_scale, MASK_KIND != 0, CAUSAL, EVEN_N, MASK_KIND, MASK_ROW, DROPOUT, PRECISION,
-            EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+            q, do, lse2, delta, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn,
+            mask_base, stride_mm, stride_mn, dmask_base, start_m, L_q, L_k, L_k, D, qk_scale,
+            masked_score, seed, bh, dropout_p, drop_scale, MASK_KIND != 0, CAUSAL, EVEN_N,
+            MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N,
+            BLOCK_D)
     _store_rows(DQ, DQ + z * stride_dqz + h * stride_dqh, stride_dqm, start_m, L_q, D,
                 (dq * sm_scale).to(DQ.dtype.element_ty), False, EVEN_D, BLOCK_M, BLOCK_D)

@@ -116,8 +116,10 @@ def _base_candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask
         else:
             cands = [AttnConfig(64, 64, 8, 2), AttnConfig(64, 32, 8, 1)]
     elif kernel == "bwd_dkdv":
+        # Key-major tiles (see attention_tiles._dkdv_tiles): BLOCK_N (keys) is the M dimension
+        # of every product, so BLOCK_N = 64 per warpgroup is what wgmma needs on sm_90.
         if block_d <= 64:
-            cands = [AttnConfig(32, 64, 4, 3), AttnConfig(32, 32, 4, 2)]
+            cands = [AttnConfig(64, 64, 4, 3), AttnConfig(32, 64, 4, 2), AttnConfig(32, 32, 4, 2)]
         elif block_d == 128:
             cands = [AttnConfig(32, 64, 8, 2), AttnConfig(32, 32, 4, 1)]
         else:
@@ -248,14 +250,15 @@ def _variants(kernel: str, dtype: str, mask_kind: int, layout: str, dropout: boo
     """The compile-time specializations compiled for one configuration: the general one
     (partial key tiles, not causal), plus causal for unmasked kernels without dropout.
     Key-padding keep masks compile with KEY_LENGTHS (which holds the mask-reading walk too);
-    the sm_90 forward of 2-byte types with head_dim <= 128 reads through TMA."""
+    on sm_90, 2-byte types with head_dim <= 128 read through TMA in every kernel."""
     base = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row",
                 KEY_LENGTHS=mask_kind == 1 and layout == "row", CAUSAL=False)
     if kernel != "bwd_dkdv":
         base["EVEN_N"] = False
     base["EVEN_D"] = True
-    if kernel == "fwd":
-        base["TMA"] = capability_major >= 9 and dtype != "float32" and block_d <= 128
+    base["TMA"] = capability_major >= 9 and dtype != "float32" and block_d <= 128
+    if kernel == "bwd_dq":
+        base["MASK_GRAD"] = False
     yield base
     if mask_kind == 0 and not dropout:
         yield dict(base, CAUSAL=True)
@@ -272,7 +275,7 @@ def aot_specs(capability_major: int):
     tensor_args = {
         "fwd": ["Q", "K", "V", "MASK", "LENS", "O", "LSE", "SEED"],
         "bwd_dkdv": ["Q", "K", "V", "MASK", "LENS", "DO", "LSE", "DELTA", "DK", "DV", "SEED"],
-        "bwd_dq": ["Q", "K", "V", "MASK", "LENS", "DO", "LSE", "DELTA", "DQ", "SEED"],
+        "bwd_dq": ["Q", "K", "V", "MASK", "LENS", "DO", "LSE", "DELTA", "DQ", "DMASK", "SEED"],
     }
     n_strides = {"fwd": 16, "bwd_dkdv": 22, "bwd_dq": 19}
     for kernel, block_d, dtype, mask_kind, layout, dropout, cfg in all_configs(capability_major):
@@ -282,7 +285,7 @@ def aot_specs(capability_major: int):
             for name in tensor_args[kernel]:
                 if name == "SEED":
                     sig[name] = "*i64"
-                elif name in ("LSE", "DELTA"):
+                elif name in ("LSE", "DELTA", "DMASK"):
                     sig[name] = "*fp32"
                 elif name == "LENS":
                     sig[name] = "*i32" if variant["KEY_LENGTHS"] else "*fp32"

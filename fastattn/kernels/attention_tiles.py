@@ -49,8 +49,10 @@ def _program_tile(L, BLOCK: tl.constexpr):
 # ------------------------------------------------------------------------------------ dropout
 
 @triton.jit
-def _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) bool: True where dropout keeps element (bh, offs_m, start_n + c).
+def _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N: tl.constexpr,
+                  KEYS_FIRST: tl.constexpr = False):
+    """(BLOCK_M, BLOCK_N) bool: True where dropout keeps element (bh, offs_m, start_n + c);
+    (BLOCK_N, BLOCK_M) with KEYS_FIRST (the key-major tiles of the dK/dV walk).
 
     One Philox call gives four 32-bit numbers, used for four neighbouring keys: the counter
     of keys 4g .. 4g+3 of row i is (g, i, bh, 0) and output t belongs to key 4g + t."""
@@ -65,7 +67,10 @@ def _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N: tl.constexpr):
     k2 = (tl.uint_to_uniform_float(r2) >= dropout_p).to(tl.int8)
     k3 = (tl.uint_to_uniform_float(r3) >= dropout_p).to(tl.int8)
     keep = tl.join(tl.join(k0, k1), tl.join(k2, k3))  # [i, g, a, b] = k_(2a + b)[i, g]
-    return tl.reshape(keep, (offs_m.shape[0], BLOCK_N)) != 0
+    keep = tl.reshape(keep, (offs_m.shape[0], BLOCK_N))
+    if KEYS_FIRST:
+        keep = tl.trans(keep)
+    return keep != 0
 
 
 @triton.jit
@@ -79,19 +84,19 @@ def _dropout_state(SEED, dropout_p, DROPOUT: tl.constexpr):
     return seed, drop_scale
 
 
-@triton.jit
-def _dv_and_dropout(p, do, dp, seed, bh, offs_m, start_n, dropout_p, drop_scale,
-                    DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
-    """Backward through dropout for one (BLOCK_M, BLOCK_N) tile: returns this tile's dV term
-    (P Z / (1 - p))^T dO and dP = (dO V^T) Z / (1 - p) (plain P^T dO and dO V^T without it)."""
-    if DROPOUT:
-        kept = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
-        p = tl.where(kept, p * drop_scale, 0.0)
-        dp = tl.where(kept, dp * drop_scale, 0.0)
-    return tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION), dp
-
-
 # ------------------------------------------------------------------------------ rows and masks
+
+@triton.jit
+def _rows_source(base, L, D, stride, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                 TMA: tl.constexpr):
+    """What :func:`_load_rows` reads the (L, D) matrix at ``base`` through: a TMA tensor
+    descriptor with (BLOCK_R, BLOCK_D) boxes when TMA, else the base pointer itself."""
+    if TMA:
+        return tl.make_tensor_descriptor(base, shape=[L, D], strides=[stride, 1],
+                                         block_shape=[BLOCK_R, BLOCK_D])
+    else:
+        return base
+
 
 @triton.jit
 def _load_rows(desc, base, stride, start, L, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -138,36 +143,31 @@ def _store_rows(T, base, stride, start, L, D, tile, TMA: tl.constexpr, EVEN_D: t
 
 
 @triton.jit
-def _load_mask(mask_base, stride_mm, stride_mn, start_m, start_n, L_q, L_k,
-               MASK_ROW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The (BLOCK_M, BLOCK_N) mask tile at (start_m, start_n); for a mask that is the same for
-    every query row (key padding, stride_mm == 0) a (1, BLOCK_N) row that broadcasts."""
-    offs_n = start_n + tl.arange(0, BLOCK_N)
+def _load_mask(mask_base, stride_mm, stride_mn, rows, cols, L_q, L_k, MASK_ROW: tl.constexpr):
+    """The mask at query rows ``rows`` and key columns ``cols``: two broadcastable 2-D index
+    tensors, (BLOCK_M, 1) and (1, BLOCK_N) for a query-major tile or (1, BLOCK_M) and
+    (BLOCK_N, 1) for a key-major one.  A mask that is the same for every query row (key
+    padding, stride_mm == 0) is read once per key: a row (or column) that broadcasts."""
     if MASK_ROW:
-        m = tl.load(mask_base + offs_n * stride_mn, mask=offs_n < L_k, other=0)
-        return m[None, :]
+        return tl.load(mask_base + cols.to(tl.int64) * stride_mn, mask=cols < L_k, other=0)
     else:
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        offs = offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
-        m = tl.load(mask_base + offs, mask=(offs_m[:, None] < L_q) & (offs_n[None, :] < L_k),
-                    other=0)
+        offs = rows.to(tl.int64) * stride_mm + cols.to(tl.int64) * stride_mn
+        m = tl.load(mask_base + offs, mask=(rows < L_q) & (cols < L_k), other=0)
         return m.to(tl.float32)
 
 
 @triton.jit
-def _masked_scores(s, mask_base, stride_mm, stride_mn, start_m, start_n, offs_m, offs_n,
-                   L_q, L_k, kv_len, masked_score,
-                   MASKED: tl.constexpr, MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr,
-                   BOUNDS: tl.constexpr, CAUSAL: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Base-2 scores s (BLOCK_M, BLOCK_N) with the mask (when MASKED), the key bound
-    ``j < kv_len`` (when BOUNDS) and the causal rule ``j <= i`` (when CAUSAL) applied.
-    Returns the scores and, for MASK_KEEP, the keep predicate (scores it replaced have no
-    gradient)."""
+def _masked_scores(s, mask_base, stride_mm, stride_mn, rows, cols, L_q, L_k, kv_len,
+                   masked_score, MASKED: tl.constexpr, MASK_KIND: tl.constexpr,
+                   MASK_ROW: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr):
+    """Base-2 scores s with the mask (when MASKED), the key bound ``j < kv_len`` (when BOUNDS)
+    and the causal rule ``j <= i`` (when CAUSAL) applied; ``rows`` (i) and ``cols`` (j) are
+    the broadcastable index tensors of :func:`_load_mask`, so one function serves the
+    query-major and the key-major tiles.  Returns the scores and, for MASK_KEEP, the keep
+    predicate (scores it replaced have no gradient)."""
     keep = s == s
     if MASKED:
-        mask = _load_mask(mask_base, stride_mm, stride_mn, start_m, start_n, L_q, L_k,
-                          MASK_ROW, BLOCK_M, BLOCK_N)
+        mask = _load_mask(mask_base, stride_mm, stride_mn, rows, cols, L_q, L_k, MASK_ROW)
         if MASK_KIND == 1:
             keep = (mask != 0) & keep
             s = tl.where(mask != 0, s, masked_score * LOG2E)
@@ -175,26 +175,27 @@ def _masked_scores(s, mask_base, stride_mm, stride_mn, start_m, start_n, offs_m,
             s += mask.to(tl.float32) * LOG2E
     if BOUNDS:
         if CAUSAL:
-            valid = (offs_n[None, :] < kv_len) & (offs_n[None, :] <= offs_m[:, None])
+            valid = (cols < kv_len) & (cols <= rows)
         else:
-            valid = offs_n[None, :] < kv_len
+            valid = cols < kv_len
         s = tl.where(valid, s, float("-inf"))
     elif CAUSAL:
-        s = tl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
+        s = tl.where(cols <= rows, s, float("-inf"))
     return s, keep
 
 
 @triton.jit
-def _probabilities(s, lse2, offs_m, L_k, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr):
-    """P = exp2(S - LSE) for a (BLOCK_M, BLOCK_N) tile of base-2 scores; fully masked
-    MASK_KEEP rows (lse below FULLY_MASKED_LSE) get 1 / count on every key they can see."""
-    p = tl.math.exp2(s - lse2[:, None])
+def _probabilities(s, lse2, rows, L_k, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr):
+    """P = exp2(S - LSE) for a tile of base-2 scores; ``lse2`` (base 2) and ``rows`` broadcast
+    against it as in :func:`_masked_scores`.  Fully masked MASK_KEEP rows (lse below
+    FULLY_MASKED_LSE) get 1 / count on every key they can see."""
+    p = tl.math.exp2(s - lse2)
     if MASK_KIND == 1:
         fully_masked = lse2 < FULLY_MASKED_LSE * LOG2E
         count = tl.zeros_like(lse2) + L_k
         if CAUSAL:
-            count = tl.minimum(count, (offs_m + 1).to(tl.float32))
-        p = tl.where(fully_masked[:, None] & (s > float("-inf")), 1.0 / count[:, None], p)
+            count = tl.minimum(count, (rows + 1).to(tl.float32))
+        p = tl.where(fully_masked & (s > float("-inf")), 1.0 / count, p)
     return p
 
 
@@ -224,8 +225,8 @@ def _fwd_tiles(acc, l_i, m_i, q, k_desc, v_desc, K, V, stride_kn, stride_vn,
         if MASKED or BOUNDS or DIAGONAL:
             offs_n = start_n + tl.arange(0, BLOCK_N)
             if MASKED:
-                mask = _load_mask(mask_base, stride_mm, stride_mn, start_m, start_n, L_q, L_k,
-                                  MASK_ROW, BLOCK_M, BLOCK_N)
+                mask = _load_mask(mask_base, stride_mm, stride_mn, offs_m[:, None],
+                                  offs_n[None, :], L_q, L_k, MASK_ROW)
                 if MASK_KIND == 1:
                     qk = tl.where(mask != 0, qk, masked_raw)
                 if MASK_KIND == 2:  # base-2 scores, rounded: s - m is exact for equal scores
@@ -314,59 +315,71 @@ def _fwd_finish(acc, l_i, m_i, drop_scale, DROPOUT: tl.constexpr):
 # ----------------------------------------------------------------------------------- backward
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, Q, DO, stride_qm, stride_dom, LSE, DELTA,
+def _dkdv_tiles(dk, dv, k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE, DELTA,
                 mask_base, stride_mm, stride_mn, start_n, offs_n, lo, hi, L_q, L_k, kv_len, D,
                 qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
                 MASKED: tl.constexpr, CHECK_KEYS: tl.constexpr, DIAGONAL: tl.constexpr,
                 CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr,
-                DROPOUT: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr,
+                DROPOUT: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
+                EVEN_D: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Query tiles lo, lo + BLOCK_M, .. < hi folded into (dk, dv) of one key block.  Rows past
-    L_q load LSE = +inf, so their probabilities are 0 without a test; keys past L_k only
-    touch dK/dV rows that are not stored, so only a key-padding length needs a key test.
+    """Query tiles lo, lo + BLOCK_M, .. < hi folded into (dk, dv) of one key block.
+
+    The tiles are key-major, S^T = K Q^T (BLOCK_N, BLOCK_M): every product of the loop
+    (S^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q) then has the key block's BLOCK_N rows as
+    its M dimension, so one BLOCK_N >= 64 serves wgmma in all four.  Rows past L_q load
+    LSE = +inf, so their probabilities are 0 without a test; keys past L_k only touch dK/dV
+    rows that are not stored, so only a key-padding length needs a key test (CHECK_KEYS).
     DIAGONAL: the tiles take the causal test (CAUSAL: the kernel is causal)."""
     offs_m0 = tl.arange(0, BLOCK_M)
+    cols = offs_n[:, None]
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
-        q = _load_rows(Q, Q, stride_qm, start_m, L_q, D, BLOCK_M, BLOCK_D, False, True, EVEN_D)
-        do = _load_rows(DO, DO, stride_dom, start_m, L_q, D, BLOCK_M, BLOCK_D, False, True,
+        q = _load_rows(q_desc, Q, stride_qm, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True,
+                       EVEN_D)
+        do = _load_rows(do_desc, DO, stride_dom, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True,
                         EVEN_D)
         lse2 = tl.load(LSE + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
         delta = tl.load(DELTA + offs_m, mask=offs_m < L_q, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        qk_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)
         if MASKED or CHECK_KEYS or DIAGONAL:
-            s, keep = _masked_scores(qk * qk_scale, mask_base, stride_mm, stride_mn, start_m,
-                                     start_n, offs_m, offs_n, L_q, L_k, kv_len, masked_score,
-                                     MASKED, MASK_KIND, MASK_ROW, CHECK_KEYS, DIAGONAL,
-                                     BLOCK_M, BLOCK_N)
+            rows = offs_m[None, :]
+            s_t, keep = _masked_scores(qk_t * qk_scale, mask_base, stride_mm, stride_mn, rows,
+                                       cols, L_q, L_k, kv_len, masked_score, MASKED, MASK_KIND,
+                                       MASK_ROW, CHECK_KEYS, DIAGONAL)
             if MASKED:
-                p = _probabilities(s, lse2, offs_m, L_k, CAUSAL, MASK_KIND)
+                p_t = _probabilities(s_t, lse2[None, :], rows, L_k, CAUSAL, MASK_KIND)
             else:
-                p = tl.math.exp2(s - lse2[:, None])
+                p_t = tl.math.exp2(s_t - lse2[None, :])
         else:
-            p = tl.math.exp2(qk * qk_scale - lse2[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        dv_tile, dp = _dv_and_dropout(p, do, dp, seed, bh, offs_m, start_n, dropout_p,
-                                      drop_scale, DROPOUT, BLOCK_N, PRECISION)
-        dv += dv_tile
-        ds = p * (dp - delta[:, None])
+            p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        if DROPOUT:  # dV takes the dropped probabilities, dS the undropped ones
+            kept = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N, True)
+            dv = tl.dot(tl.where(kept, p_t * drop_scale, 0.0).to(do.dtype), do, dv,
+                        input_precision=PRECISION)
+            dp_t = tl.where(kept, dp_t * drop_scale, 0.0)
+        else:
+            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
         if MASKED and MASK_KIND == 1:
-            ds = tl.where(keep, ds, 0.0)  # a replaced score has no gradient
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+            ds_t = tl.where(keep, ds_t, 0.0)  # a replaced score has no gradient
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PRECISION)
     return dk, dv
 
 
 @triton.jit
-def _dkdv_q_walk(k, v, Q, DO, stride_qm, stride_dom, LSE, DELTA,
+def _dkdv_q_walk(k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE, DELTA,
                  mask_base, stride_mm, stride_mn, start_n, L_q, L_k, kv_len, D,
                  qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
                  MASKED: tl.constexpr, CHECK_KEYS: tl.constexpr, CAUSAL: tl.constexpr,
                  MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, DROPOUT: tl.constexpr,
-                 PRECISION: tl.constexpr, EVEN_D: tl.constexpr,
+                 PRECISION: tl.constexpr, TMA: tl.constexpr, EVEN_D: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """(dk, dv) fp32 of the key block at start_n (k, v resident) over every query block that
-    sees it; dk still lacks the softmax scale.  CAUSAL: the query tiles the diagonal crosses
-    take the causal test, the ones below it do not."""
+    sees it; dk still lacks the softmax scale.  Q and dO are read through the descriptors
+    q_desc, do_desc when TMA (else through Q, DO).  CAUSAL: the query tiles the diagonal
+    crosses take the causal test, the ones below it do not."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -376,44 +389,48 @@ def _dkdv_q_walk(k, v, Q, DO, stride_qm, stride_dom, LSE, DELTA,
         m_int = tl.minimum(lo + tl.cdiv(start_n + BLOCK_N - 1 - lo, BLOCK_M) * BLOCK_M, L_q)
         m_int = tl.maximum(m_int, lo)
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, Q, DO, stride_qm, stride_dom, LSE, DELTA, mask_base, stride_mm,
-            stride_mn, start_n, offs_n, lo, m_int, L_q, L_k, kv_len, D, qk_scale, masked_score,
-            seed, bh, dropout_p, drop_scale, MASKED, CHECK_KEYS, True, CAUSAL, MASK_KIND,
-            MASK_ROW, DROPOUT, PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+            dk, dv, k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE, DELTA, mask_base,
+            stride_mm, stride_mn, start_n, offs_n, lo, m_int, L_q, L_k, kv_len, D, qk_scale,
+            masked_score, seed, bh, dropout_p, drop_scale, MASKED, CHECK_KEYS, True, CAUSAL,
+            MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     else:
         m_int = 0
     dk, dv = _dkdv_tiles(
-        dk, dv, k, v, Q, DO, stride_qm, stride_dom, LSE, DELTA, mask_base, stride_mm,
-        stride_mn, start_n, offs_n, m_int, L_q, L_q, L_k, kv_len, D, qk_scale, masked_score,
-        seed, bh, dropout_p, drop_scale, MASKED, CHECK_KEYS, False, CAUSAL, MASK_KIND,
-        MASK_ROW, DROPOUT, PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+        dk, dv, k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE, DELTA, mask_base,
+        stride_mm, stride_mn, start_n, offs_n, m_int, L_q, L_q, L_k, kv_len, D, qk_scale,
+        masked_score, seed, bh, dropout_p, drop_scale, MASKED, CHECK_KEYS, False, CAUSAL,
+        MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     return dk, dv
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn,
-              mask_base, stride_mm, stride_mn, start_m, offs_m, lo, hi, L_q, L_k, kv_len, D,
+def _dq_tiles(dq, q, do, lse2, delta, k_desc, v_desc, K, V, stride_kn, stride_vn,
+              mask_base, stride_mm, stride_mn, dmask_base, offs_m, lo, hi, L_q, L_k, kv_len, D,
               qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
               MASKED: tl.constexpr, BOUNDS: tl.constexpr, DIAGONAL: tl.constexpr,
               CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr,
-              DROPOUT: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr,
+              MASK_GRAD: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+              TMA: tl.constexpr, EVEN_D: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """Key tiles lo, lo + BLOCK_N, .. < hi folded into dq of one query block (BOUNDS, DIAGONAL:
-    the tiles take the key bound and causal tests; CAUSAL: the kernel is causal)."""
+    the tiles take the key bound and causal tests; CAUSAL: the kernel is causal).  The tiles
+    are query-major: S = Q K^T (BLOCK_M, BLOCK_N), M = BLOCK_M in every product.
+    MASK_GRAD: dS, the gradient of the additive mask before its broadcast is reduced, is
+    written to the contiguous (L_q, L_k) fp32 matrix at ``dmask_base``."""
+    rows = offs_m[:, None]
     for start_n in range(lo, hi, BLOCK_N):
-        k = _load_rows(K, K, stride_kn, start_n, L_k, D, BLOCK_N, BLOCK_D, False, BOUNDS,
+        k = _load_rows(k_desc, K, stride_kn, start_n, L_k, D, BLOCK_N, BLOCK_D, TMA, BOUNDS,
                        EVEN_D)
-        v = _load_rows(V, V, stride_vn, start_n, L_k, D, BLOCK_N, BLOCK_D, False, BOUNDS,
+        v = _load_rows(v_desc, V, stride_vn, start_n, L_k, D, BLOCK_N, BLOCK_D, TMA, BOUNDS,
                        EVEN_D)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         if MASKED or BOUNDS or DIAGONAL:
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            s, keep = _masked_scores(qk * qk_scale, mask_base, stride_mm, stride_mn, start_m,
-                                     start_n, offs_m, offs_n, L_q, L_k, kv_len, masked_score,
-                                     MASKED, MASK_KIND, MASK_ROW, BOUNDS, DIAGONAL,
-                                     BLOCK_M, BLOCK_N)
+            cols = (start_n + tl.arange(0, BLOCK_N))[None, :]
+            s, keep = _masked_scores(qk * qk_scale, mask_base, stride_mm, stride_mn, rows, cols,
+                                     L_q, L_k, kv_len, masked_score, MASKED, MASK_KIND,
+                                     MASK_ROW, BOUNDS, DIAGONAL)
             if MASKED:
-                p = _probabilities(s, lse2, offs_m, L_k, CAUSAL, MASK_KIND)
+                p = _probabilities(s, lse2[:, None], rows, L_k, CAUSAL, MASK_KIND)
             else:
                 p = tl.math.exp2(s - lse2[:, None])
         else:
@@ -425,20 +442,26 @@ def _dq_tiles(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn,
         ds = p * (dp - delta[:, None])
         if MASKED and MASK_KIND == 1:
             ds = tl.where(keep, ds, 0.0)
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+        if MASK_GRAD:
+            offs_n = (start_n + tl.arange(0, BLOCK_N))[None, :]
+            tl.store(dmask_base + rows.to(tl.int64) * L_k + offs_n, ds,
+                     mask=(rows < L_q) & (offs_n < L_k))
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
     return dq
 
 
 @triton.jit
-def _dq_kv_walk(q, do, lse2, delta, K, V, stride_kn, stride_vn,
-                mask_base, stride_mm, stride_mn, start_m, L_q, L_k, kv_len, D,
+def _dq_kv_walk(q, do, lse2, delta, k_desc, v_desc, K, V, stride_kn, stride_vn,
+                mask_base, stride_mm, stride_mn, dmask_base, start_m, L_q, L_k, kv_len, D,
                 qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, EVEN_N: tl.constexpr,
-                MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, DROPOUT: tl.constexpr,
-                PRECISION: tl.constexpr, EVEN_D: tl.constexpr,
+                MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, MASK_GRAD: tl.constexpr,
+                DROPOUT: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
+                EVEN_D: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """dq fp32 (without the softmax scale) of the query block at start_m over keys
-    [0, kv_len): interior key tiles, then the partial / diagonal ones."""
+    [0, kv_len): interior key tiles, then the partial / diagonal ones.  K and V are read
+    through k_desc, v_desc when TMA; MASK_GRAD: dS goes to ``dmask_base`` (see _dq_tiles)."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if CAUSAL:
@@ -447,15 +470,15 @@ def _dq_kv_walk(q, do, lse2, delta, K, V, stride_kn, stride_vn,
     else:
         hi = kv_len
         n_int = (kv_len // BLOCK_N) * BLOCK_N
-    dq = _dq_tiles(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, mask_base, stride_mm,
-                   stride_mn, start_m, offs_m, 0, n_int, L_q, L_k, kv_len, D, qk_scale,
-                   masked_score, seed, bh, dropout_p, drop_scale, MASKED, False, False,
-                   CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, EVEN_D,
-                   BLOCK_M, BLOCK_N, BLOCK_D)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_desc, v_desc, K, V, stride_kn, stride_vn,
+                   mask_base, stride_mm, stride_mn, dmask_base, offs_m, 0, n_int, L_q, L_k,
+                   kv_len, D, qk_scale, masked_score, seed, bh, dropout_p, drop_scale, MASKED,
+                   False, False, CAUSAL, MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION,
+                   TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     if CAUSAL or not EVEN_N:
-        dq = _dq_tiles(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, mask_base,
-                       stride_mm, stride_mn, start_m, offs_m, n_int, hi, L_q, L_k, kv_len, D,
-                       qk_scale, masked_score, seed, bh, dropout_p, drop_scale, MASKED, True,
-                       CAUSAL, CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, EVEN_D,
-                       BLOCK_M, BLOCK_N, BLOCK_D)
+        dq = _dq_tiles(dq, q, do, lse2, delta, k_desc, v_desc, K, V, stride_kn, stride_vn,
+                       mask_base, stride_mm, stride_mn, dmask_base, offs_m, n_int, hi, L_q,
+                       L_k, kv_len, D, qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
+                       MASKED, True, CAUSAL, CAUSAL, MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT,
+                       PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     return dq

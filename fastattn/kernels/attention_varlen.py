@@ -37,7 +37,7 @@ import triton.language as tl
 from fastattn.kernels.attention import attention_bwd_preprocess_kernel  # noqa: F401
 from fastattn.kernels.attention_tiles import (
     LOG2E, _dkdv_q_walk, _dq_kv_walk, _dropout_state, _fwd_finish, _fwd_kv_walk, _load_rows,
-    _program_tile, _store_rows)
+    _program_tile, _rows_source, _store_rows)
 
 
 @triton.jit
@@ -70,19 +70,10 @@ def varlen_attention_fwd_kernel(
     k_base = K + k_start * stride_kt + h * stride_kh
     v_base = V + k_start * stride_vt + h * stride_vh
     o_base = O + q_start * stride_ot + h * stride_oh
-    if TMA:
-        q_desc = tl.make_tensor_descriptor(q_base, shape=[L_q, D], strides=[stride_qt, 1],
-                                           block_shape=[BLOCK_M, BLOCK_D])
-        k_desc = tl.make_tensor_descriptor(k_base, shape=[L_k, D], strides=[stride_kt, 1],
-                                           block_shape=[BLOCK_N, BLOCK_D])
-        v_desc = tl.make_tensor_descriptor(v_base, shape=[L_k, D], strides=[stride_vt, 1],
-                                           block_shape=[BLOCK_N, BLOCK_D])
-    else:
-        q_desc = q_base
-        k_desc = k_base
-        v_desc = v_base
-    q = _load_rows(q_desc, q_base, stride_qt, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True,
-                   EVEN_D)
+    k_desc = _rows_source(k_base, L_k, D, stride_kt, BLOCK_N, BLOCK_D, TMA)
+    v_desc = _rows_source(v_base, L_k, D, stride_vt, BLOCK_N, BLOCK_D, TMA)
+    q = _load_rows(_rows_source(q_base, L_q, D, stride_qt, BLOCK_M, BLOCK_D, TMA), q_base,
+                   stride_qt, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True, EVEN_D)
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
     acc, l_i, m_i = _fwd_kv_walk(
         q, k_desc, v_desc, k_base, v_base, stride_kt, stride_vt, Q, 0, 0, start_m, L_q, L_k,
@@ -102,7 +93,7 @@ def varlen_attention_bwd_dkdv_kernel(
     stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
     H, total_q, max_seqlen_k, D,
     qk_scale, sm_scale, dropout_p,
-    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -116,17 +107,20 @@ def varlen_attention_bwd_dkdv_kernel(
     q_start, L_q = _sequence(CU_Q, b)
     k_base = K + k_start * stride_kt + h * stride_kh
     v_base = V + k_start * stride_vt + h * stride_vh
-    k = _load_rows(k_base, k_base, stride_kt, start_n, L_k, D, BLOCK_N, BLOCK_D, False, True,
-                   EVEN_D)
-    v = _load_rows(v_base, v_base, stride_vt, start_n, L_k, D, BLOCK_N, BLOCK_D, False, True,
-                   EVEN_D)
+    k = _load_rows(_rows_source(k_base, L_k, D, stride_kt, BLOCK_N, BLOCK_D, TMA), k_base,
+                   stride_kt, start_n, L_k, D, BLOCK_N, BLOCK_D, TMA, True, EVEN_D)
+    v = _load_rows(_rows_source(v_base, L_k, D, stride_vt, BLOCK_N, BLOCK_D, TMA), v_base,
+                   stride_vt, start_n, L_k, D, BLOCK_N, BLOCK_D, TMA, True, EVEN_D)
+    q_base = Q + q_start * stride_qt + h * stride_qh
+    do_base = DO + q_start * stride_dot + h * stride_doh
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
     stats = h * total_q + q_start
     dk, dv = _dkdv_q_walk(
-        k, v, Q + q_start * stride_qt + h * stride_qh, DO + q_start * stride_dot + h * stride_doh,
+        k, v, _rows_source(q_base, L_q, D, stride_qt, BLOCK_M, BLOCK_D, TMA),
+        _rows_source(do_base, L_q, D, stride_dot, BLOCK_M, BLOCK_D, TMA), q_base, do_base,
         stride_qt, stride_dot, LSE + stats, DELTA + stats, Q, 0, 0, start_n, L_q, L_k, L_k, D,
         qk_scale, 0.0, seed, bh, dropout_p, drop_scale, False, False, CAUSAL, 0, False, DROPOUT,
-        PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+        PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     _store_rows(DK, DK + k_start * stride_dkt + h * stride_dkh, stride_dkt, start_n, L_k, D,
                 (dk * sm_scale).to(DK.dtype.element_ty), False, EVEN_D, BLOCK_N, BLOCK_D)
     _store_rows(DV, DV + k_start * stride_dvt + h * stride_dvh, stride_dvt, start_n, L_k, D,
@@ -140,7 +134,7 @@ def varlen_attention_bwd_dq_kernel(
     stride_dot, stride_doh, stride_dqt, stride_dqh,
     H, total_q, max_seqlen_q, D,
     qk_scale, sm_scale, dropout_p,
-    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -155,18 +149,21 @@ def varlen_attention_bwd_dq_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q_base = Q + q_start * stride_qt + h * stride_qh
     do_base = DO + q_start * stride_dot + h * stride_doh
-    q = _load_rows(q_base, q_base, stride_qt, start_m, L_q, D, BLOCK_M, BLOCK_D, False, True,
-                   EVEN_D)
-    do = _load_rows(do_base, do_base, stride_dot, start_m, L_q, D, BLOCK_M, BLOCK_D, False,
-                    True, EVEN_D)
+    q = _load_rows(_rows_source(q_base, L_q, D, stride_qt, BLOCK_M, BLOCK_D, TMA), q_base,
+                   stride_qt, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True, EVEN_D)
+    do = _load_rows(_rows_source(do_base, L_q, D, stride_dot, BLOCK_M, BLOCK_D, TMA), do_base,
+                    stride_dot, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True, EVEN_D)
     stats = h * total_q + q_start
     lse2 = tl.load(LSE + stats + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + stats + offs_m, mask=offs_m < L_q, other=0.0)
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
+    k_base = K + k_start * stride_kt + h * stride_kh
+    v_base = V + k_start * stride_vt + h * stride_vh
     dq = _dq_kv_walk(
-        q, do, lse2, delta, K + k_start * stride_kt + h * stride_kh,
-        V + k_start * stride_vt + h * stride_vh, stride_kt, stride_vt, Q, 0, 0, start_m, L_q,
-        L_k, L_k, D, qk_scale, 0.0, seed, bh, dropout_p, drop_scale, False, CAUSAL, False, 0,
-        False, DROPOUT, PRECISION, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+        q, do, lse2, delta, _rows_source(k_base, L_k, D, stride_kt, BLOCK_N, BLOCK_D, TMA),
+        _rows_source(v_base, L_k, D, stride_vt, BLOCK_N, BLOCK_D, TMA), k_base, v_base,
+        stride_kt, stride_vt, Q, 0, 0, Q, start_m, L_q, L_k, L_k, D, qk_scale, 0.0, seed, bh,
+        dropout_p, drop_scale, False, CAUSAL, False, 0, False, False, DROPOUT, PRECISION, TMA,
+        EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     _store_rows(DQ, DQ + q_start * stride_dqt + h * stride_dqh, stride_dqt, start_m, L_q, D,
                 (dq * sm_scale).to(DQ.dtype.element_ty), False, EVEN_D, BLOCK_M, BLOCK_D)

@@ -75,10 +75,9 @@ def aot_specs(capability_major: int):
             sig["sm_scale"] = "fp32"
         sig["dropout_p"] = "fp32"
         for causal in (False,) if dropout else (False, True):
-            flags = dict(CAUSAL=causal, EVEN_D=True)
-            if kernel == "fwd":  # the sm_90 forward of 2-byte types, head_dim <= 128: TMA
-                flags["TMA"] = (capability_major >= 9 and dtype != "float32"
-                                and block_d <= 128)
+            # sm_90, 2-byte types, head_dim <= 128: every kernel reads through TMA
+            flags = dict(CAUSAL=causal, EVEN_D=True,
+                         TMA=capability_major >= 9 and dtype != "float32" and block_d <= 128)
             constexprs = dict(flags, PRECISION="tf32x3" if dtype == "float32" else "tf32",
                               DROPOUT=dropout, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                               BLOCK_D=block_d)

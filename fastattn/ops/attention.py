@@ -199,10 +199,23 @@ def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float,
     return out, lse
 
 
+def _reduce_to_mask(dmask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The (N, H, L_q, L_k) gradient of the broadcast additive mask summed back to ``mask``'s
+    own shape (a (1, 1, L_q, L_k) bias collects every batch row and head) and dtype."""
+    shape = (1,) * (4 - mask.dim()) + tuple(mask.shape)
+    dims = [i for i, size in enumerate(shape) if size == 1 and dmask.shape[i] != 1]
+    if dims:
+        dmask = dmask.sum(dim=dims, keepdim=True)
+    return dmask.reshape(mask.shape).to(mask.dtype)
+
+
 def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bool,
                        scale: float, dropout_p: float = 0.0,
-                       seed: Optional[torch.Tensor] = None):
-    """Launch the three backward kernels; returns (dq, dk, dv).  Deterministic: no atomics."""
+                       seed: Optional[torch.Tensor] = None, mask_grad: bool = False):
+    """Launch the three backward kernels; returns (dq, dk, dv, dmask).  Deterministic: no
+    atomics.  ``mask_grad`` (additive masks only): dmask is the gradient of ``mask``, in its
+    shape and dtype (dS written by the dQ kernel, then summed over the broadcast dims); else
+    dmask is an empty tensor."""
     from fastattn.kernels.attention import (
         attention_bwd_dkdv_kernel, attention_bwd_dq_kernel, attention_bwd_preprocess_kernel)
 
@@ -210,17 +223,23 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
     n, h, lq, d = q.shape
     lk = k.shape[2]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    mask_grad = bool(mask_grad) and mask is not None and mask_kind == 2
+    dmask = lse.new_zeros((n, h, lq, lk) if mask_grad else (0,))
     if q.numel() == 0 or k.numel() == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
+        return (dq.zero_(), dk.zero_(), dv.zero_(),
+                _reduce_to_mask(dmask, mask) if mask_grad else dmask)
     block_d = block_d_for(d)
     delta = torch.empty(n, h, lq, dtype=torch.float32, device=q.device)
     mask_t, ms = _mask_view(mask, q, (n, h, lq, lk))
     layout = _mask_layout(mask, mask_t, ms)
     mask_kind, masked_score = _kernel_mask(mask_kind)
     lens, key_lengths = _key_lengths(mask_t, ms, mask_kind, layout, lse)
+    tma = tma_supported(q.device) and tma_compatible((q, k, v, dout), d, block_d)
+    if tma:
+        ensure_tma_allocator()
     common = dict(MASK_KIND=mask_kind, MASK_ROW=layout == "row", KEY_LENGTHS=key_lengths,
-                  CAUSAL=bool(causal), EVEN_D=d == block_d, PRECISION=_precision(q.dtype),
-                  DROPOUT=dropout_p > 0, BLOCK_D=block_d)
+                  CAUSAL=bool(causal), EVEN_D=d == block_d, TMA=tma,
+                  PRECISION=_precision(q.dtype), DROPOUT=dropout_p > 0, BLOCK_D=block_d)
     seed_t = _seed_arg(seed, lse, dropout_p)
     qk_scale = scale * 1.4426950408889634
     with launch_on(q.device):
@@ -238,14 +257,13 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
             num_stages=cfg.num_stages, **common)
         cfg = _config("bwd_dq", q, mask_kind, lq, layout, dropout_p > 0)
         attention_bwd_dq_kernel[(cdiv(lq, cfg.block_m) * n * h,)](
-            q, k, v, mask_t, lens, dout, lse, delta, dq, seed_t,
+            q, k, v, mask_t, lens, dout, lse, delta, dq, dmask if mask_grad else lse, seed_t,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
             *dq.stride()[:3],
             h, lq, lk, d, qk_scale, scale, masked_score, float(dropout_p),
-            EVEN_N=lk % cfg.block_n == 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages, **common)
-    return dq, dk, dv
+            EVEN_N=lk % cfg.block_n == 0, MASK_GRAD=mask_grad, BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common)
+    return dq, dk, dv, _reduce_to_mask(dmask, mask) if mask_grad else dmask
 
 
 
@@ -270,16 +288,19 @@ def _(q, k, v, mask, mask_kind, causal, scale, dropout_p=0.0, seed=None):
 def attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      out: torch.Tensor, lse: torch.Tensor, mask: Optional[torch.Tensor],
                      mask_kind: int, causal: bool, scale: float, dropout_p: float = 0.0,
-                     seed: Optional[torch.Tensor] = None,
-                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     seed: Optional[torch.Tensor] = None, mask_grad: bool = False,
+                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return attention_backward(dout, q, k, v, out, lse, mask, mask_kind, causal, scale,
-                              dropout_p, seed)
+                              dropout_p, seed, mask_grad)
 
 
 @attention_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, mask, mask_kind, causal, scale, dropout_p=0.0, seed=None):
+def _(dout, q, k, v, out, lse, mask, mask_kind, causal, scale, dropout_p=0.0, seed=None,
+      mask_grad=False):
+    mask_grad = mask_grad and mask is not None and mask_kind == 2
     return (torch.empty_like(last_dim_contiguous(q)), torch.empty_like(last_dim_contiguous(k)),
-            torch.empty_like(last_dim_contiguous(v)))
+            torch.empty_like(last_dim_contiguous(v)),
+            torch.empty_like(mask) if mask_grad else lse.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
@@ -294,10 +315,13 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dout, _dlse):
+    """dq, dk, dv, and for an additive mask that requires grad (a learned bias) its gradient;
+    None for the other inputs."""
     q, k, v, out, lse, mask, seed = ctx.saved_tensors
-    dq, dk, dv = attention_bwd_op(dout, q, k, v, out, lse, mask, ctx.mask_kind, ctx.causal,
-                                  ctx.scale, ctx.dropout_p, seed)
-    return (dq, dk, dv) + (None,) * (ctx.n_inputs - 3)
+    mask_grad = ctx.mask_kind == 2 and ctx.needs_input_grad[3]
+    dq, dk, dv, dmask = attention_bwd_op(dout, q, k, v, out, lse, mask, ctx.mask_kind,
+                                         ctx.causal, ctx.scale, ctx.dropout_p, seed, mask_grad)
+    return (dq, dk, dv, dmask if mask_grad else None) + (None,) * (ctx.n_inputs - 4)
 
 
 attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)

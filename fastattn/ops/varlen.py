@@ -104,8 +104,11 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
         return dq.zero_(), dk.zero_(), dv.zero_()
     block_d = block_d_for(d)
     delta = torch.empty(h, total_q, dtype=torch.float32, device=q.device)
-    common = dict(CAUSAL=bool(causal), EVEN_D=d == block_d, PRECISION=_precision(q.dtype),
-                  DROPOUT=dropout_p > 0, BLOCK_D=block_d)
+    tma = tma_supported(q.device) and tma_compatible((q, k, v, dout), d, block_d)
+    if tma:
+        ensure_tma_allocator()
+    common = dict(CAUSAL=bool(causal), EVEN_D=d == block_d, TMA=tma,
+                  PRECISION=_precision(q.dtype), DROPOUT=dropout_p > 0, BLOCK_D=block_d)
     seed_t = _seed_arg(seed, lse, dropout_p)
     qk_scale = scale * LOG2E
     if max_k <= 0:

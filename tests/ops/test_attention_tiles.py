@@ -99,8 +99,9 @@ def test_causal_with_unequal_lengths(lq, lk):
 
 
 def test_tma_path_and_pointer_fallback(monkeypatch):
-    """fp16 with 16-byte aligned strides goes through tensor descriptors (the interpreter runs
-    them); with TMA switched off, or with a head_dim that TMA cannot take, the pointer loads."""
+    """fp16 with 16-byte aligned strides goes through tensor descriptors in the forward and the
+    backward (the interpreter runs them); with TMA switched off, or with a head_dim that TMA
+    cannot take, the pointer loads."""
     taken = []
     real = attention_ops.tma_compatible
     monkeypatch.setattr(attention_ops, "tma_compatible",
@@ -108,7 +109,7 @@ def test_tma_path_and_pointer_fallback(monkeypatch):
     q, k, v = _inputs(2, 2, 37, 45, 32, torch.float16)
     mask = _padding_mask(2, 45, [45, 30], holes=())
     out_tma, _ = _check(q, k, v, mask)
-    assert taken == [True]
+    assert taken == [True, True]  # forward, backward
     monkeypatch.setattr(attention_ops, "tma_supported", lambda device: False)
     out_ptr, _ = _check(q, k, v, mask)
     torch.testing.assert_close(out_tma, out_ptr, atol=1e-3, rtol=0)
@@ -118,7 +119,7 @@ def test_tma_path_and_pointer_fallback(monkeypatch):
     monkeypatch.setattr(attention_ops, "tma_compatible",
                         lambda *a: taken.append(real(*a)) or taken[-1])
     _check(q2, k2, v2)
-    assert taken == [False]
+    assert taken == [False, False]
 
 
 def test_odd_strides_fall_back_to_pointer_loads():
