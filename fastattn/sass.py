@@ -49,6 +49,7 @@ CATEGORIES = {
     "mma": MMA_OPS, "hgmma": WGMMA_OPS, "hmma": MMA_SYNC_OPS, "mufu": ("MUFU",),
     "tma": TMA_OPS, "ldgsts": ("LDGSTS",), "ldsm": ("LDSM",), "ldg": ("LDG",), "stg": ("STG",),
     "lds": ("LDS",), "sts": ("STS",), "stl": ("STL",), "ldl": ("LDL",),
+    "atomic": ("ATOM", "ATOMG", "ATOMS", "RED", "REDG"),
 }
 
 _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")

@@ -120,8 +120,8 @@ def _base_candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask
         # of every product, so BLOCK_N = 64 per warpgroup is what wgmma needs on sm_90.
         if block_d <= 64:
             cands = [AttnConfig(64, 64, 4, 3), AttnConfig(32, 64, 4, 2), AttnConfig(32, 32, 4, 2)]
-        elif block_d == 128:
-            cands = [AttnConfig(32, 64, 8, 2), AttnConfig(32, 32, 4, 1)]
+        elif block_d == 128:  # 64 x 64 and 8 warps split the wgmma badly; 4 warps spill
+            cands = [AttnConfig(32, 64, 4, 2), AttnConfig(32, 32, 4, 1)]
         else:
             cands = [AttnConfig(32, 32, 8, 1), AttnConfig(16, 32, 4, 1)]
         if wide:
@@ -193,8 +193,8 @@ def _from_tuned(tuned) -> "AttnConfig | None":
 TUNE_SHAPES = {
     "fwd": ((128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3),
             (128, 32, 4, 3), (64, 128, 4, 2), (128, 64, 8, 4)),
-    "bwd_dkdv": ((32, 64, 4, 3), (64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 2),
-                 (64, 64, 8, 3), (16, 64, 4, 3)),
+    "bwd_dkdv": ((64, 64, 4, 3), (64, 64, 4, 2), (32, 64, 4, 3), (128, 64, 4, 2),
+                 (64, 128, 8, 2), (32, 128, 8, 2)),
     "bwd_dq": ((64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 3),
                (64, 64, 8, 3), (32, 64, 4, 3)),
 }
