@@ -148,7 +148,7 @@ def _load_mask(mask_base, stride_mm, stride_mn, start_m, start_n, L_q, L_k,
         return m[None, :]
     else:
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        offs = offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
+        offs = offs_m[:, None].to(tl.int64) * stride_mm + offs_n[None, :].to(tl.int64) * stride_mn
         m = tl.load(mask_base + offs, mask=(offs_m[:, None] < L_q) & (offs_n[None, :] < L_k),
                     other=0)
         return m.to(tl.float32)
