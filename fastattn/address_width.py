@@ -1,17 +1,18 @@
 """Static check that the kernels' address arithmetic is 64-bit, read from the compiled TTGIR.
 
 A tensor with more than 2^31 elements (2.1 M tokens x 1024 hidden, 4 GiB in fp16) is reached
-only through offsets that are computed in 64 bits: an ``offs * stride`` product taken in int32
-wraps silently before it is widened.  :func:`narrow_products` walks the TTGIR of a kernel
-backwards from every pointer add (``tt.addptr``) through the ops that compute its offset
-(including the bounds of the ``scf.for`` loops whose induction variable it uses) and reports
-every 32-bit multiplication of two run-time values it finds; products by a compile-time
-constant (a tile index times BLOCK) stay bounded by a tensor dimension and are allowed.
+only through offsets computed in 64 bits: an ``offs * stride`` product taken in int32 wraps
+silently before it is widened.  :func:`narrow_products` walks a kernel's TTGIR backwards from
+every pointer add (``tt.addptr``) through the ops that compute its offset (and through the
+lower bound and step of the ``scf.for`` loops whose induction variable it uses) and reports
+every 32-bit multiplication of two run-time values; :func:`ttgir` compiles a
+:class:`fastattn.launch_capture.KernelSource` up to TTGIR only (about a second per kernel, no
+ptxas).  Both need ``TRITON_INTERPRET`` unset, like every ahead-of-time compile.
 
-:func:`ttgir` compiles a :class:`fastattn.launch_capture.KernelSource` only up to TTGIR (a
-fraction of a second per kernel, no ptxas), so a test can check many launches cheaply; it needs
-``TRITON_INTERPRET`` unset, like every ahead-of-time compile.  Values that leave an ``scf.if``
-or a load are not followed (the kernels compute their offsets next to the access).
+Design trade-off: a text walk over the IR, not an overflow proof.  Products by a compile-time
+constant (a tile index times BLOCK) are allowed, as they stay bounded by a tensor dimension;
+values that come out of an ``scf.if`` or a load are not followed (the kernels compute their
+offsets next to the access, and a loaded sequence start is widened before any product).
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ class _Module:
         self.defs: Dict[str, _Op] = {}
         self.loop_inputs: Dict[str, List[str]] = {}  # block argument -> the values it takes
         self.locs: Dict[str, str] = {}
-        self.addptrs: List[Tuple[str, str, str]] = []  # (offset value, loc, line)
+        self.offsets: List[str] = []  # the offset operand of every tt.addptr
         for line in text.splitlines():
             m = _LOC_DEF.match(line)
             if m:
@@ -83,7 +84,7 @@ class _Module:
                     self.loop_inputs[arg] = [init]
             m = _ADDPTR.search(body)
             if m:
-                self.addptrs.append((m.group(2), loc, line.strip()))
+                self.offsets.append(m.group(2))
             m = _DEF.match(body)
             if not m:
                 continue
@@ -159,10 +160,10 @@ def narrow_products(text: str, kernel: str = "") -> AddressReport:
     module = _Module(text)
     wide: Dict[str, Product] = {}
     narrow: Dict[str, Product] = {}
-    for offset, _loc, _line in module.addptrs:
+    for offset in module.offsets:
         for p in module.products(offset):
             (narrow if p.width < 64 else wide)[p.text] = p
-    return AddressReport(kernel, len(module.addptrs), list(wide.values()),
+    return AddressReport(kernel, len(module.offsets), list(wide.values()),
                          list(narrow.values()))
 
 
