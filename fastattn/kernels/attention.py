@@ -73,7 +73,7 @@ def attention_dropout_mask_kernel(SEED, Z, L_q, L_k, dropout_p,
         offs_n = start_n + tl.arange(0, BLOCK_N)
         keep = _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N)
         ok = (offs_m[:, None] < L_q) & (offs_n[None, :] < L_k)
-        tl.store(Z + bh * L_q * L_k + offs_m[:, None] * L_k + offs_n[None, :],
+        tl.store(Z + bh * L_q * L_k + offs_m[:, None].to(tl.int64) * L_k + offs_n[None, :],
                  keep.to(tl.uint8), mask=ok)
 
 
@@ -150,9 +150,10 @@ def attention_bwd_preprocess_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (offs_m[:, None] < L_q) & (offs_d[None, :] < D)
-    o = tl.load(O + z * stride_oz + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+    o = tl.load(O + z * stride_oz + h * stride_oh + offs_m[:, None].to(tl.int64) * stride_om
+                + offs_d[None, :],
                 mask=ok, other=0.0).to(tl.float32)
-    do = tl.load(DO + z * stride_doz + h * stride_doh + offs_m[:, None] * stride_dom
+    do = tl.load(DO + z * stride_doz + h * stride_doh + offs_m[:, None].to(tl.int64) * stride_dom
                  + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
     tl.store(DELTA + bh * L_q + offs_m, tl.sum(o * do, 1), mask=offs_m < L_q)
 
