@@ -49,8 +49,11 @@ CATEGORIES = {
     "mma": MMA_OPS, "hgmma": WGMMA_OPS, "hmma": MMA_SYNC_OPS, "mufu": ("MUFU",),
     "tma": TMA_OPS, "ldgsts": ("LDGSTS",), "ldsm": ("LDSM",), "ldg": ("LDG",), "stg": ("STG",),
     "lds": ("LDS",), "sts": ("STS",), "stl": ("STL",), "ldl": ("LDL",),
-    "atomic": ("ATOM", "ATOMG", "ATOMS", "RED", "REDG"),
 }
+# Read-modify-write atomics ("atomic" in the counts).  Exchanges are left out: they are how a
+# kernel writes the TMA descriptors it builds on the device (its own scratch, one writer), not
+# a reduction whose order could change a result.
+ATOMIC_OPS = ("ATOM", "ATOMG", "ATOMS", "RED", "REDG")
 
 _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _LABEL = re.compile(r"^\s*(\.L_[\w]+):")
@@ -163,11 +166,13 @@ def _branch_target(insn: Instruction) -> Optional[int]:
 
 
 def count(insns: List[Instruction]) -> Dict[str, int]:
-    """Counts per category of :data:`CATEGORIES`, plus ``instructions``."""
+    """Counts per category of :data:`CATEGORIES`, plus ``instructions`` and ``atomic``
+    (read-modify-write atomics, :data:`ATOMIC_OPS` other than exchanges)."""
     bases = collections.Counter(i.base for i in insns)
     out = {"instructions": len(insns)}
     for name, ops in CATEGORIES.items():
         out[name] = sum(bases[o] for o in ops)
+    out["atomic"] = sum(1 for i in insns if i.base in ATOMIC_OPS and ".EXCH" not in i.opcode)
     return out
 
 

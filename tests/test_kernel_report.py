@@ -62,6 +62,16 @@ def test_loops_and_counts_of_a_listing():
     assert sass._local_bytes(insns, "STL") == 8 and sass._local_bytes(insns, "LDL") == 4
 
 
+def test_atomic_counts_read_modify_write_only():
+    """A reduction atomic counts; the exchange that writes an on-device TMA descriptor not."""
+    listing = LISTING.replace("FMUL R3, R3, R4 ;                     /* 0x0 */\n        /*0130*/",
+                              "REDG.E.ADD.F32.FTZ.RN.STRONG.GPU [R2.64], R5 ;\n        /*0130*/") \
+        .replace("IADD3 R1, R1, 0x1, RZ", "ATOMG.E.EXCH.STRONG.GPU PT, RZ, [R2], R5")
+    counts = sass.count(sass.parse(listing)["toy_kernel"])
+    assert counts["atomic"] == 1
+    assert sass.count(sass.parse(LISTING)["toy_kernel"])["atomic"] == 0
+
+
 def test_tie_between_innermost_loops_picks_the_shorter():
     listing = LISTING.replace("HMMA.16816.F32 R8, R4, R6, R8", "HGMMA.64x64x16.F32 R8, R4, R8") \
         .replace("FMUL R3, R3, R4 ;                     /* 0x0 */\n        /*0130*/",

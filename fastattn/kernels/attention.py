@@ -36,8 +36,12 @@ BLOCK_N blocks (online softmax, exp2 with log2(e) folded into the scale).  head_
 BLOCK_D = next power of two inside the kernel (loads masked), so 80 and 96 cost as much as 128.
 Backward recomputes P from the saved LSE (no O(L²) storage) and runs two kernels instead of one
 with atomics: one walks the query blocks for a fixed key block (dK, dV), one walks the key
-blocks for a fixed query block (dQ).  That repeats the Q K^T product once more but makes the
-backward deterministic, bit for bit, with no atomics and no dQ accumulation buffer.
+blocks for a fixed query block (dQ).  That repeats the Q K^T and dO V^T products once more but
+makes the backward deterministic, bit for bit, with no atomics and no dQ accumulation buffer.
+The dK/dV tiles are key-major (S^T = K Q^T), so the key block is the M dimension of all four of
+its products (wgmma on sm_90 with 64-key blocks); both backward kernels read Q, K, V, dO
+through TMA descriptors when TMA is on.  MASK_GRAD: the dQ kernel also writes dS, the gradient
+of a trainable additive mask.
 
 Dropout (DROPOUT constexpr, rate ``dropout_p`` at run time): the keep mask Z is never stored.
 Element (z·H + h, i, j) keeps its probability when output j % 4 of Philox-4x32-10 at the counter
