@@ -129,8 +129,8 @@ def _base_candidates(kernel: str, block_d: int, dtype: str, mask_kind: int, mask
     else:  # bwd_dq
         if block_d <= 64:
             cands = [AttnConfig(64, 32, 4, 3), AttnConfig(64, 32, 4, 2)]
-        elif block_d == 128:
-            cands = [AttnConfig(64, 64, 8, 2), AttnConfig(64, 32, 4, 1)]
+        elif block_d == 128:  # one warpgroup: 8 warps on 64 rows split the wgmma N-wise
+            cands = [AttnConfig(64, 64, 4, 2), AttnConfig(64, 32, 4, 1)]
         else:
             cands = [AttnConfig(32, 32, 8, 1), AttnConfig(32, 16, 4, 1)]
         if wide:
