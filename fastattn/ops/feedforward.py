@@ -21,12 +21,13 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from fastattn.backends import get_default_backend, resolve_backend
+from fastattn.backends import (KERNEL_DTYPES, choose_backend, get_default_backend,
+                               kernel_refusal, resolve_backend)
 from fastattn.kernels.matmul_configs import ACTIVATIONS
 from fastattn.ops.gemm import gemm, matmul  # noqa: F401  (matmul: the Triton GEMM)
 
 _ACT_NAMES = {v: k for k, v in ACTIVATIONS.items()}
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SUPPORTED_DTYPES = KERNEL_DTYPES
 
 
 @torch.library.custom_op("fastattn::feedforward_fwd", mutates_args=())
@@ -160,8 +161,9 @@ def feedforward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
         x: (..., E).  w1: (H, E), b1: (H,), w2: (E, H), b2: (E,) — nn.Linear's layout.
         activation: "relu", "gelu" (erf) or "gelu_tanh".
         residual: optional (..., E), added in the second GEMM's epilogue.
-        backend: "auto", "triton", "torch", "cuda" or None (the process default).  "auto" on
-            CUDA: per GEMM the faster of the Triton kernel and cuBLAS(Lt) with its fused
+        backend: "auto", "triton", "torch", "cuda" or None (the process default), chosen by
+            :func:`fastattn.backends.choose_backend` ("auto" runs torch where the kernels
+            cannot: CPU, float64).  "auto" on CUDA: per GEMM the faster of the Triton kernel and cuBLAS(Lt) with its fused
             epilogue, from the device's tuned table, cuBLAS(Lt) without one (see
             :func:`feedforward_dispatch_reason`).  "triton": always the Triton kernels.
             "cuda": cuBLAS GEMMs with the bias + activation in the CUDA C++ elementwise kernel.
@@ -169,7 +171,8 @@ def feedforward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
         (..., E) in x's dtype.
     """
     _check(x, w1, b1, w2, b2, activation, residual)
-    chosen = resolve_backend(backend, x.device)
+    chosen = choose_backend("feedforward", backend, x.device,
+                            refusal=kernel_refusal(x, "x", what="fused GEMMs"))
     if chosen == "torch":
         return _torch_feedforward(x, w1, b1, w2, b2, activation, residual)
     if chosen == "cuda":  # cuBLAS GEMMs, the bias + activation in the CUDA C++ kernel
@@ -178,8 +181,6 @@ def feedforward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
         h = F.linear(x.reshape(-1, x.shape[-1]), w1)
         y = F.linear(cuda_bias_act(h, b1, activation), w2, b2).view(x.shape)
         return y if residual is None else y + residual
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"the fused GEMMs take float16, bfloat16 or float32, got {x.dtype}")
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     r2 = None if residual is None else residual.reshape(-1, shape[-1])
@@ -200,7 +201,7 @@ def feedforward_dispatch_reason(device, dtype: torch.dtype, m: int, k: int, n: i
     ``m`` tokens, embedding ``k`` and hidden size ``n`` on ``device``, and why (one line per
     GEMM; ``training`` adds the backward's)."""
     from fastattn.kernels.matmul_configs import feedforward_cases
-    from fastattn.ops.attention import _DTYPE_NAMES
+    from fastattn.ops.launch import _DTYPE_NAMES
     from fastattn.ops.gemm import choose_backend
 
     device = torch.device(device)

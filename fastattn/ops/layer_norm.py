@@ -25,14 +25,14 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from fastattn.backends import get_default_backend, resolve_backend
+from fastattn.backends import KERNEL_DTYPES, choose_backend, kernel_refusal
 from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on, target_device
 from fastattn.ops.layer_norm_cuda import CUDA_MAX_HIDDEN, cuda_layer_norm
 from fastattn.kernels.layer_norm_configs import (
     INTERPRETER_SM_COUNT, REDUCE_BLOCK_N, REDUCE_BLOCK_P, REDUCE_NUM_WARPS, backward_grid,
     pick_config)
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SUPPORTED_DTYPES = KERNEL_DTYPES
 
 
 @functools.lru_cache(maxsize=None)
@@ -226,18 +226,11 @@ def _check_inputs(x, shape, weight, bias, eps, residual):
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
 
 
-def _choose_backend(backend: Optional[str], x: torch.Tensor) -> str:
-    chosen = resolve_backend(backend, x.device)
-    requested = get_default_backend() if backend is None else backend
-    if chosen == "triton" and x.dtype not in SUPPORTED_DTYPES:
-        if requested == "auto":
-            return "torch"  # e.g. float64 on CUDA: the kernels do not take it
-        raise TypeError(f"the fused LayerNorm kernels take float16, bfloat16 or float32 x, "
-                        f"got {x.dtype}")
-    if chosen == "cuda" and x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"the CUDA LayerNorm kernels take float16, bfloat16 or float32 x, "
-                        f"got {x.dtype}")
-    return chosen
+def _choose_backend(backend: Optional[str], x: torch.Tensor, hidden: int) -> str:
+    """The one backend policy (:func:`fastattn.backends.choose_backend`); the CUDA extension
+    has kernels for rows of up to ``CUDA_MAX_HIDDEN`` elements."""
+    return choose_backend("layer_norm", backend, x.device, cuda_kernel=hidden <= CUDA_MAX_HIDDEN,
+                          refusal=kernel_refusal(x, "x", what="fused LayerNorm kernels"))
 
 
 def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
@@ -255,9 +248,10 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
         eps: added to the variance.
         residual: optional, x's shape, dtype and device; the result is LN(x + residual) and
             both receive the same gradient (the post-LN encoder's norm(sublayer(x) + x)).
-        backend: "auto", "triton", "torch", "cuda" or None (the process default).  "auto"
-            falls back to torch for dtypes the kernels do not take (float64).  "cuda" runs the
-            CUDA C++ kernels for hidden sizes up to 16384, the Triton ones above.
+        backend: "auto", "triton", "torch", "cuda" or None (the process default), chosen by
+            :func:`fastattn.backends.choose_backend`: "auto" runs torch where the kernels
+            cannot (CPU, float64).  "cuda" runs the CUDA C++ kernels for hidden sizes up to
+            16384, the Triton ones above.
     Returns:
         x's shape and dtype, contiguous.  Statistics are fp32.  Under CUDA autocast, the inputs
         are computed in float32 and the result is float32, as torch.nn.functional.layer_norm.
@@ -269,17 +263,17 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
         up = lambda t: t if t is None or not isinstance(t, torch.Tensor) else t.float()
         x, residual, weight, bias = up(x), up(residual), up(weight), up(bias)
     _check_inputs(x, shape, weight, bias, eps, residual)
-    chosen = _choose_backend(backend, x)
+    n = math.prod(shape)
+    chosen = _choose_backend(backend, x, n)
     if chosen == "torch":
         return F.layer_norm(x if residual is None else x + residual, shape, weight, bias, eps)
-    n = math.prod(shape)
     m = math.prod(x.shape[:x.dim() - len(shape)])
     rows = lambda t: last_dim_contiguous(t.reshape(m, n))
     x2 = rows(x)
     r2 = None if residual is None else rows(residual)
     w = None if weight is None else weight.reshape(n).contiguous()
     b = None if bias is None else bias.reshape(n).contiguous()
-    if chosen == "cuda" and n <= CUDA_MAX_HIDDEN:
+    if chosen == "cuda":
         return cuda_layer_norm(x2, r2, w, b, float(eps)).view(x.shape)
     store_sum = residual is not None and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, residual, weight, bias))
