@@ -8,12 +8,11 @@ imported (``fastattn/integrations/_import_hook.py``).
 from fastattn import reference
 from fastattn.backends import (BackendUnavailableError, get_default_backend,
                                set_default_backend, use_backend)
-from fastattn.functional import attention, scaled_dot_product_attention, varlen_attention
+from fastattn.functional import (attention, feedforward, layer_norm,
+                                 scaled_dot_product_attention, varlen_attention)
 from fastattn.convert import from_reference
 from fastattn.modules import (BertEncoder, BertEncoderLayer, BertForSequenceClassification,
                               FeedForward, LayerNorm, SelfAttention)
-from fastattn.ops.feedforward import feedforward
-from fastattn.ops.layer_norm import layer_norm
 from fastattn.padding import pad_input, unpad_input
 from fastattn.integrations import _import_hook
 

@@ -1,4 +1,4 @@
-"""Public attention functions: input checks, mask rules and backend dispatch.
+"""Every public function: input checks, mask rules and backend dispatch.
 
 Two mask conventions, one kernel:
 
@@ -11,7 +11,9 @@ Both take ``dropout_p``, attention dropout inside the fused kernels (see
 :mod:`fastattn.kernels.attention`): a fresh Philox seed is drawn from torch's generator on every
 call, so ``torch.manual_seed`` makes a run repeatable; the backward regenerates the same mask.
 
-:func:`varlen_attention` takes sequences packed without padding (``unpad_input`` /
+:func:`layer_norm` (with a fused residual add) and :func:`feedforward` (two GEMMs with fused
+epilogues) complete the encoder's ops.  :func:`varlen_attention` takes sequences packed without
+padding (``unpad_input`` /
 ``pad_input`` in :mod:`fastattn.padding` move between the layouts).  Every function here picks
 its implementation with the one backend policy of :func:`fastattn.backends.choose_backend`;
 the plain-PyTorch paths are in :mod:`fastattn.torch_paths`, the kernels' launchers and custom
@@ -20,16 +22,24 @@ ops in :mod:`fastattn.ops`.
 from __future__ import annotations
 
 import math
-from typing import Optional
+import numbers
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 
 from fastattn.backends import (KERNEL_DTYPES, MAX_HEAD_DIM, MIN_HEAD_DIM,  # noqa: F401
-                               choose_backend, kernel_refusal)
+                               choose_backend, get_default_backend, kernel_refusal)
+from fastattn.kernels.matmul_configs import ACTIVATIONS
 from fastattn.ops.attention import draw_dropout_seed, triton_attention
+from fastattn.ops.feedforward import feedforward_fwd_op
+from fastattn.ops.launch import last_dim_contiguous
+from fastattn.ops.layer_norm import layer_norm_fwd_op
+from fastattn.ops.layer_norm_cuda import CUDA_MAX_HIDDEN, cuda_layer_norm
 from fastattn.ops.varlen import varlen_attention_fwd_op
 from fastattn.padding import pad_input, unpad_input  # noqa: F401  (public through here too)
-from fastattn.torch_paths import torch_attention, torch_varlen, torch_varlen_traced
+from fastattn.torch_paths import (torch_attention, torch_feedforward, torch_layer_norm,
+                                  torch_varlen, torch_varlen_traced)
 
 MASK_NONE, MASK_KEEP, MASK_ADD, MASK_EXCLUDE = 0, 1, 2, 3  # see fastattn.ops.attention
 SUPPORTED_DTYPES = KERNEL_DTYPES
@@ -318,3 +328,174 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     seed = draw_dropout_seed(q.device) if dropout_p > 0 else None
     return varlen_attention_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                    max_seqlen_k, bool(causal), scale, dropout_p, seed)[0]
+
+
+# ---------------------------------------------------------------------------- LayerNorm
+
+def _check_normalized_shape(normalized_shape) -> Tuple[int, ...]:
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        shape = (int(normalized_shape),)
+    elif isinstance(normalized_shape, (tuple, list, torch.Size)) and all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in normalized_shape):
+        shape = tuple(int(d) for d in normalized_shape)
+    else:
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got "
+                        f"{normalized_shape!r}")
+    if len(shape) == 0 or any(d < 0 for d in shape):
+        raise ValueError(f"normalized_shape must be non-empty with non-negative sizes, got {shape}")
+    return shape
+
+
+def _check_layer_norm(x, shape, weight, bias, eps, residual):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape):]) != shape:
+        raise ValueError(f"x of shape {tuple(x.shape)} does not end with normalized_shape "
+                         f"{shape}")
+    for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+        want = tuple(x.shape) if name == "residual" else shape
+        if tuple(t.shape) != want:
+            what = "x's shape" if name == "residual" else "normalized_shape"
+            raise ValueError(f"{name} must have {what} {want}, got {tuple(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+
+
+def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
+               weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+               eps: float = 1e-5, *, residual: Optional[torch.Tensor] = None,
+               backend: Optional[str] = None) -> torch.Tensor:
+    """LayerNorm over the trailing ``normalized_shape`` dims of ``x + residual`` (fused add).
+
+    Args:
+        x: (..., *normalized_shape).  Rows may be strided; the last dim needs stride 1 or x
+            is copied.  float16, bfloat16 or float32 for the Triton kernels.
+        normalized_shape: int or tuple; its product is the hidden size N (1 to 65536 and more:
+            rows above 8192 elements use the looped kernels).
+        weight, bias: optional, shape normalized_shape, x's dtype and device.
+        eps: added to the variance.
+        residual: optional, x's shape, dtype and device; the result is LN(x + residual) and
+            both receive the same gradient (the post-LN encoder's norm(sublayer(x) + x)).
+        backend: "auto", "triton", "torch", "cuda" or None (the process default), chosen by
+            :func:`fastattn.backends.choose_backend`: "auto" runs torch where the kernels
+            cannot (CPU, float64).  "cuda" runs the CUDA C++ kernels for hidden sizes up to
+            16384, the Triton ones above.
+    Returns:
+        x's shape and dtype, contiguous.  Statistics are fp32.  Under CUDA autocast, the inputs
+        are computed in float32 and the result is float32, as torch.nn.functional.layer_norm.
+    """
+    shape = _check_normalized_shape(normalized_shape)
+    cuda_autocast = isinstance(x, torch.Tensor) and x.device.type == "cuda" and (
+        torch.is_autocast_enabled("cuda"))
+    if cuda_autocast:  # torch's CUDA autocast runs layer_norm in float32; CPU's leaves it alone
+        up = lambda t: t if t is None or not isinstance(t, torch.Tensor) else t.float()
+        x, residual, weight, bias = up(x), up(residual), up(weight), up(bias)
+    _check_layer_norm(x, shape, weight, bias, eps, residual)
+    n = math.prod(shape)
+    # the CUDA extension has kernels for rows of up to CUDA_MAX_HIDDEN elements
+    chosen = choose_backend("layer_norm", backend, x.device, cuda_kernel=n <= CUDA_MAX_HIDDEN,
+                            refusal=kernel_refusal(x, "x", what="fused LayerNorm kernels"))
+    if chosen == "torch":
+        return torch_layer_norm(x, shape, weight, bias, eps, residual)
+    m = math.prod(x.shape[:x.dim() - len(shape)])
+    rows = lambda t: last_dim_contiguous(t.reshape(m, n))
+    x2 = rows(x)
+    r2 = None if residual is None else rows(residual)
+    w = None if weight is None else weight.reshape(n).contiguous()
+    b = None if bias is None else bias.reshape(n).contiguous()
+    if chosen == "cuda":
+        return cuda_layer_norm(x2, r2, w, b, float(eps)).view(x.shape)
+    store_sum = residual is not None and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, residual, weight, bias))
+    y = layer_norm_fwd_op(x2, r2, w, b, float(eps), store_sum)[0]
+    # Not a view of y (as torch.matmul reshapes its GEMM output): y is fresh and nothing else
+    # holds or saves it, and FSDP2 warns about modules that return views.
+    return torch.ops.aten._unsafe_view(y, x.shape)
+
+
+# ------------------------------------------------------------------------- feed-forward
+
+def _check_feedforward(x, w1, b1, w2, b2, activation, residual):
+    for name, t in (("x", x), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    if w1.dim() != 2 or w2.dim() != 2 or b1.dim() != 1 or b2.dim() != 1:
+        raise ValueError("w1 and w2 must be 2-D (out_features, in_features); b1, b2 1-D")
+    e = x.shape[-1] if x.dim() else None
+    hidden = w1.shape[0]
+    if w1.shape[1] != e:
+        raise ValueError(f"x's last dim ({e}) must equal w1's in_features ({w1.shape[1]})")
+    if w2.shape != (e, hidden) or b1.shape != (hidden,) or b2.shape != (e,):
+        raise ValueError(f"w2 must be ({e}, {hidden}), b1 ({hidden},), b2 ({e},); got "
+                         f"{tuple(w2.shape)}, {tuple(b1.shape)}, {tuple(b2.shape)}")
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor):
+            raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
+        if residual.shape != x.shape:
+            raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got "
+                             f"{tuple(residual.shape)}")
+    tensors = [x, w1, b1, w2, b2] + ([residual] if residual is not None else [])
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError(f"x, weights, biases and residual must be on one device, got "
+                         f"{[str(t.device) for t in tensors]}")
+    if len({t.dtype for t in tensors}) != 1:
+        raise TypeError(f"x, weights, biases and residual must share one dtype, got "
+                        f"{[str(t.dtype) for t in tensors]}")
+
+
+def feedforward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                b2: torch.Tensor, activation: str = "relu",
+                residual: Optional[torch.Tensor] = None, *,
+                backend: Optional[str] = None) -> torch.Tensor:
+    """``linear(act(linear(x, w1, b1)), w2, b2) + residual``.
+
+    Args:
+        x: (..., E).  w1: (H, E), b1: (H,), w2: (E, H), b2: (E,) — nn.Linear's layout.
+        activation: "relu", "gelu" (erf) or "gelu_tanh".
+        residual: optional (..., E), added in the second GEMM's epilogue.
+        backend: "auto", "triton", "torch", "cuda" or None (the process default), chosen by
+            :func:`fastattn.backends.choose_backend` ("auto" runs torch where the kernels
+            cannot: CPU, float64).  "auto" on CUDA: per GEMM the faster of the Triton kernel
+            and cuBLAS(Lt) with its fused epilogue, from the device's tuned table, cuBLAS(Lt)
+            without one (see :func:`fastattn.ops.feedforward.feedforward_dispatch_reason`).
+            "triton": always the Triton kernels.  "cuda": cuBLAS GEMMs with the bias +
+            activation in the CUDA C++ elementwise kernel.
+    Returns:
+        (..., E) in x's dtype.
+    """
+    _check_feedforward(x, w1, b1, w2, b2, activation, residual)
+    chosen = choose_backend("feedforward", backend, x.device,
+                            refusal=kernel_refusal(x, "x", what="fused GEMMs"))
+    if chosen == "torch":
+        return torch_feedforward(x, w1, b1, w2, b2, activation, residual)
+    if chosen == "cuda":  # cuBLAS GEMMs, the bias + activation in the CUDA C++ kernel
+        from fastattn.ops.bias_act_cuda import cuda_bias_act
+
+        h = F.linear(x.reshape(-1, x.shape[-1]), w1)
+        y = F.linear(cuda_bias_act(h, b1, activation), w2, b2).view(x.shape)
+        return y if residual is None else y + residual
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    r2 = None if residual is None else residual.reshape(-1, shape[-1])
+    choose = (backend or get_default_backend()) == "auto"
+    keep_pre = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, w1, b1, w2, b2, residual))
+    y = feedforward_fwd_op(x2, w1, b1, w2, b2, r2, ACTIVATIONS[activation], keep_pre,
+                           choose)[0]
+    # Not a view of y (as torch.matmul reshapes its GEMM output): y is fresh and not saved for
+    # backward (h and a are), and FSDP2 warns about modules that return views.
+    return torch.ops.aten._unsafe_view(y, shape)

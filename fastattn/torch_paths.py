@@ -4,6 +4,8 @@ fused kernels cannot serve a call): same results as the kernels, on any device a
     torch_attention(q, k, v, mask, mask_kind, causal, scale, dropout_p)   (N, H, L_q, D)
     torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, dropout_p)   (total_q, H, D)
     torch_varlen_traced(...)   the same without host reads (torch.compile / torch.export)
+    torch_layer_norm(x, shape, weight, bias, eps, residual)   LN(x + residual)
+    torch_feedforward(x, w1, b1, w2, b2, activation, residual)
 
 Packed inputs follow the kernels' rules: query rows past ``max_q`` within a sequence, and tokens
 outside ``cu_seqlens`` (total > cu[-1]), give 0 with zero gradients; keys past ``max_k`` within
@@ -13,6 +15,7 @@ by :mod:`fastattn.functional`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from fastattn.ops.attention_sdpa import (MASK_ADD, MASK_EXCLUDE, MASK_KEEP, sdpa_attention,
                                          sdpa_varlen)
@@ -107,3 +110,33 @@ def torch_varlen_traced(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, sca
     inside = (pos < max_q) & (tokens < cu_q[-1])
     rows = torch.where(inside, seq.long() * max_q + pos, batch * max_q)
     return ext[rows]
+
+
+def torch_layer_norm(x, shape, weight, bias, eps, residual):
+    """``F.layer_norm(x + residual)`` (torch's kernel; the add is not fused)."""
+    return F.layer_norm(x if residual is None else x + residual, shape, weight, bias, eps)
+
+
+def _torch_activation(h, activation):
+    if activation == "relu":
+        return F.relu(h)
+    return F.gelu(h, approximate="tanh" if activation == "gelu_tanh" else "none")
+
+
+def torch_feedforward(x, w1, b1, w2, b2, activation, residual):
+    """Two ``addmm`` (bias in the GEMM, as nn.Linear on 2-D inputs), the
+    ReLU fused into the first where no gradient is needed (``_addmm_activation``, which has no
+    autograd formula; its GELU is not exactly torch's tanh GELU, so GELUs stay separate), the
+    residual added in place into the second GEMM's fresh output.  No other copy is made."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, w1, b1, w2, b2, residual) if t is not None)
+    if activation == "relu" and not grad:
+        a = torch._addmm_activation(b1, x2, w1.t())
+    else:
+        a = _torch_activation(torch.addmm(b1, x2, w1.t()), activation)
+    y = torch.addmm(b2, a, w2.t())
+    if residual is not None:
+        y = y.add_(residual.reshape(y.shape))
+    return y.view(*shape[:-1], y.shape[-1])

@@ -31,11 +31,10 @@ import torch
 import torch.nn as nn
 
 from fastattn.backends import BACKENDS
-from fastattn.functional import scaled_dot_product_attention, varlen_attention
+from fastattn.functional import feedforward, scaled_dot_product_attention, varlen_attention
 from fastattn.modules.layer_norm import LayerNorm
 from fastattn.integrations.packed_bert import (PackedSequences, is_bert_encoder,
                                                packed_encoder_forward)
-from fastattn.ops.feedforward import feedforward
 
 NAME = "fastattn"
 
