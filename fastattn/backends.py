@@ -156,7 +156,7 @@ def kernel_refusal(x: torch.Tensor, name: str = "q", *, head_dim: Optional[int] 
             f"{name} is torch.bfloat16, which the Triton interpreter (TRITON_INTERPRET=1) "
             f"computes wrongly (its bfloat16 tl.dot); run bfloat16 on a CUDA device or with "
             f"backend='torch'")
-    if head_dim is not None and (head_dim % 8 != 0 or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM):
+    if head_dim is not None and (head_dim % 8 or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM):
         return UnsupportedInputError(f"head_dim must be a multiple of 8 between {MIN_HEAD_DIM} "
                                      f"and {MAX_HEAD_DIM}, got {head_dim}")
     return None

@@ -12,6 +12,7 @@ from fastattn.backends import (BackendUnavailableError, UnsupportedDtypeError,
                                UnsupportedInputError, choose_backend, kernel_refusal)
 from fastattn.reference import attention_reference
 from fastattn.torch_paths import torch_varlen_traced
+from tests.helpers import DEVICE
 
 backends.triton_version()  # import triton under the suite's TRITON_INTERPRET, before any test
 # below changes the variable
@@ -104,6 +105,7 @@ def test_float64_auto_runs_torch_and_explicit_triton_names_the_dtype(op):
         call("triton")
 
 
+@pytest.mark.skipif(not backends.interpreter_enabled(), reason="the Triton interpreter is off")
 @pytest.mark.parametrize("op", OPS)
 def test_bfloat16_under_the_interpreter_is_refused_on_triton(op):
     call = _calls(torch.bfloat16)[op]
@@ -137,7 +139,7 @@ def test_attention_head_dim_outside_the_kernels():
 def test_default_cuda_keeps_the_packed_path_on_triton(monkeypatch):
     """With "cuda" as the process default, SelfAttention's packed path (the encoder's
     padding-free path) runs the Triton varlen kernels, as attention runs them for calls the
-    extension lacks.  The CPU tensors are answered for as if on a GPU with the extension."""
+    extension lacks.  The device probes answer as a GPU with the extension would."""
     real = functional.choose_backend
     seen = []
 
@@ -147,17 +149,18 @@ def test_default_cuda_keeps_the_packed_path_on_triton(monkeypatch):
         return chosen
 
     torch.manual_seed(0)
-    module = fastattn.SelfAttention(32, 2)
-    x = torch.randn(9, 32)
-    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
-    expected = module(x, x, x, cu_seqlens=cu, max_seqlen=5)  # "auto" on CPU: torch
+    module = fastattn.SelfAttention(32, 2).to(DEVICE)
+    x = torch.randn(9, 32, device=DEVICE)
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32, device=DEVICE)
+    with fastattn.use_backend("torch"):
+        expected = module(x, x, x, cu_seqlens=cu, max_seqlen=5)
     monkeypatch.setattr(functional, "choose_backend", as_on_gpu)
     monkeypatch.setattr(backends, "triton_unavailable_reason", lambda device: None)
     monkeypatch.setattr(backends, "cuda_extension_error", lambda: None)
     with fastattn.use_backend("cuda"):
         out = module(x, x, x, cu_seqlens=cu, max_seqlen=5)
     assert ("varlen_attention", "triton") in seen
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
 # ----------------------------------------- packed attention outside the sequences: zero, everywhere
@@ -173,9 +176,9 @@ KERNEL_CLAMP = pytest.mark.xfail(strict=True, reason="varlen kernels do not clam
 def _packed_case():
     torch.manual_seed(0)
     total = sum(LENS) + EXTRA
-    q, k, v = (torch.randn(total, H, D, requires_grad=True) for _ in range(3))
-    cu = torch.tensor([0, LENS[0], sum(LENS)], dtype=torch.int32)
-    return q, k, v, cu, torch.randn(total, H, D)
+    q, k, v = (torch.randn(total, H, D, device=DEVICE, requires_grad=True) for _ in range(3))
+    cu = torch.tensor([0, LENS[0], sum(LENS)], dtype=torch.int32, device=DEVICE)
+    return q, k, v, cu, torch.randn(total, H, D, device=DEVICE)
 
 
 def _run(backend, max_q, q, k, v, cu, dout):
@@ -196,7 +199,7 @@ def _expected(max_q, q, k, v, cu, dout):
         rows = min(b - a, max_q)
         o = attention_reference(*(t[s:e].transpose(0, 1)[None] for t, s, e in
                                   ((q64, a, a + rows), (k64, a, b), (v64, a, b))))
-        out = out.index_copy(0, torch.arange(a, a + rows), o[0].transpose(0, 1))
+        out = out.index_copy(0, torch.arange(a, a + rows, device=DEVICE), o[0].transpose(0, 1))
     return (out,) + torch.autograd.grad(out, (q64, k64, v64), dout.double())
 
 
@@ -209,7 +212,7 @@ def test_outputs_and_gradients_outside_the_sequences_are_zero(backend, case):
     q, k, v, cu, dout = _packed_case()
     got = _run(backend, max_q, q, k, v, cu, dout)
     want = _expected(max_q, q, k, v, cu, dout)
-    outside = torch.zeros(q.shape[0], dtype=torch.bool)
+    outside = torch.zeros(q.shape[0], dtype=torch.bool, device=DEVICE)
     outside[sum(LENS):] = True  # tokens in no sequence
     outside[LENS[0] + max_q:sum(LENS)] = True  # rows past max_seqlen_q (none when uncut)
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
@@ -221,20 +224,20 @@ def test_outputs_and_gradients_outside_the_sequences_are_zero(backend, case):
         torch.testing.assert_close(g.double(), w, atol=2e-5, rtol=2e-5, msg=name)
 
 
-# ------------------------------------------------------- SelfAttention's packed path, distinct inputs
+# -------------------------------------------- SelfAttention's packed path, distinct inputs
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_packed_path_projects_values_keys_and_query_each(backend):
     torch.manual_seed(0)
-    module = fastattn.SelfAttention(32, 2, backend=backend)
+    module = fastattn.SelfAttention(32, 2, backend=backend).to(DEVICE)
     lens, length = [3, 6], 6
-    mask = torch.arange(length)[None, :] < torch.tensor(lens)[:, None]
-    values, keys, query = (torch.randn(2, length, 32) for _ in range(3))
+    mask = torch.arange(length, device=DEVICE)[None, :] < torch.tensor(lens, device=DEVICE)[:, None]
+    values, keys, query = (torch.randn(2, length, 32, device=DEVICE) for _ in range(3))
     padded = module(values, keys, query, mask)  # the padded path: each tensor projected
     packed = [fastattn.unpad_input(t, mask) for t in (values, keys, query)]
     cu, max_len = packed[0][2], packed[0][3]
     out = module(packed[0][0], packed[1][0], packed[2][0], cu_seqlens=cu, max_seqlen=max_len)
-    torch.testing.assert_close(out, padded[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, padded[mask], atol=1e-4, rtol=1e-4)
     self_attention = module(packed[2][0], packed[2][0], packed[2][0], cu_seqlens=cu,
                             max_seqlen=max_len)
     assert not torch.allclose(out, self_attention, atol=1e-3)
@@ -245,19 +248,21 @@ def test_packed_path_projects_values_keys_and_query_each(backend):
 # ---------------------------------------------------------------------------- dropout seeds
 
 @pytest.mark.parametrize("seed,match", [
-    (torch.tensor([7], dtype=torch.int32), "int64 tensor, got dtype torch.int32"),
-    (torch.tensor([7, 8], dtype=torch.int64), r"got shape \(2,\)"),
-    (torch.tensor(7, dtype=torch.int64), r"got shape \(\)"),
-    (torch.tensor([7], dtype=torch.int64, device="meta"), "seed is on meta but the inputs"),
+    (([7], torch.int32, DEVICE), "int64 tensor, got dtype torch.int32"),
+    (([7, 8], torch.int64, DEVICE), r"got shape \(2,\)"),
+    ((7, torch.int64, DEVICE), r"got shape \(\)"),
+    (([7], torch.int64, "meta"), "seed is on meta but the inputs"),
 ], ids=["int32", "two", "scalar", "other_device"])
 def test_dropout_seed_is_validated_by_the_launchers(seed, match):
     from fastattn.ops.attention import attention_forward
     from fastattn.ops.varlen import varlen_forward
 
-    q = torch.randn(1, H, 3, D)
+    value, dtype, device = seed
+    seed = torch.tensor(value, dtype=dtype, device=device)
+    q = torch.randn(1, H, 3, D, device=DEVICE)
     with pytest.raises(ValueError, match=match):
         attention_forward(q, q, q, None, 0, False, 0.25, 0.5, seed)
     p = q[0].transpose(0, 1)
-    cu = torch.tensor([0, 3], dtype=torch.int32)
+    cu = torch.tensor([0, 3], dtype=torch.int32, device=DEVICE)
     with pytest.raises(ValueError, match=match):
         varlen_forward(p, p, p, cu, cu, 3, 3, False, 0.25, 0.5, seed)

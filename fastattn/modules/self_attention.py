@@ -126,9 +126,11 @@ class SelfAttention(nn.Module):
         if max_seqlen is None:
             raise ValueError("max_seqlen is required with cu_seqlens")
         for name, t in (("query", query), ("keys", keys), ("values", values)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[1] != self.embed_size:
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 2 or t.shape[1] != self.embed_size:
                 raise ValueError(f"{name} must be packed tokens of shape (T, {self.embed_size}), "
-                                 f"got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t)}")
+                                 f"got {tuple(t.shape)}")
         if not values.shape == keys.shape == query.shape:
             raise ValueError(f"packed values, keys and query must be tokens of the same sequences "
                              f"(one shape (T, E)), got {tuple(values.shape)}, "
