@@ -6,8 +6,9 @@ It does not import transformers either: where transformers is installed, the
 imported (``fastattn/integrations/_import_hook.py``).
 """
 from fastattn import reference
-from fastattn.backends import (BackendUnavailableError, get_default_backend,
-                               set_default_backend, use_backend)
+from fastattn.backends import (BackendUnavailableError, UnsupportedDtypeError,
+                               UnsupportedInputError, get_default_backend, set_default_backend,
+                               use_backend)
 from fastattn.functional import (attention, feedforward, layer_norm,
                                  scaled_dot_product_attention, varlen_attention)
 from fastattn.convert import from_reference
@@ -42,6 +43,8 @@ __all__ = [
     "FeedForward",
     "LayerNorm",
     "SelfAttention",
+    "UnsupportedDtypeError",
+    "UnsupportedInputError",
     "attention",
     "feedforward",
     "from_reference",

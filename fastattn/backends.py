@@ -121,7 +121,9 @@ def triton_unavailable_reason(device: torch.device) -> Optional[str]:
 
 
 def resolve_backend(backend: Optional[str], device: torch.device) -> str:
-    """Turn ``backend`` (None = the process default) into the concrete backend for ``device``.
+    """Turn ``backend`` (None = the process default) into the concrete backend for ``device``,
+    from the device alone (what the benchmark and dispatch reports ask).  The ops themselves
+    decide with :func:`choose_backend`, which also weighs the call's inputs.
 
     Raises BackendUnavailableError when an explicitly requested backend cannot run.
     """
