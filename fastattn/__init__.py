@@ -6,15 +6,15 @@ It does not import transformers either: where transformers is installed, the
 imported (``fastattn/integrations/_import_hook.py``).
 """
 from fastattn import reference
-from fastattn.backends import (BackendUnavailableError, get_default_backend,
-                               set_default_backend, use_backend)
-from fastattn.functional import attention, scaled_dot_product_attention
+from fastattn.backends import (BackendUnavailableError, UnsupportedDtypeError,
+                               UnsupportedInputError, get_default_backend, set_default_backend,
+                               use_backend)
+from fastattn.functional import (attention, feedforward, layer_norm,
+                                 scaled_dot_product_attention, varlen_attention)
 from fastattn.convert import from_reference
 from fastattn.modules import (BertEncoder, BertEncoderLayer, BertForSequenceClassification,
                               FeedForward, LayerNorm, SelfAttention)
-from fastattn.ops.feedforward import feedforward
-from fastattn.ops.layer_norm import layer_norm
-from fastattn.ops.varlen import pad_input, unpad_input, varlen_attention
+from fastattn.padding import pad_input, unpad_input
 from fastattn.integrations import _import_hook
 
 __version__ = "0.1.0"
@@ -43,6 +43,8 @@ __all__ = [
     "FeedForward",
     "LayerNorm",
     "SelfAttention",
+    "UnsupportedDtypeError",
+    "UnsupportedInputError",
     "attention",
     "feedforward",
     "from_reference",

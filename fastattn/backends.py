@@ -1,11 +1,21 @@
 """Backend selection: which implementation runs an op.
 
-Backends:
+Backends, and the one policy every public op follows (:func:`choose_backend`):
 
-* ``"auto"``   — Triton on CUDA tensors, the PyTorch path on CPU tensors.
-* ``"triton"`` — the Triton kernels; on CPU tensors only under ``TRITON_INTERPRET=1``.
-* ``"torch"``  — plain PyTorch (works on every device).
-* ``"cuda"``   — the CUDA C++ extension (``fastattn._C``), where it was built.
+* ``"auto"``   — the fastest path that computes the same result, and never an error where
+  torch's own path works: the Triton kernels on CUDA tensors they take, the PyTorch path for
+  everything else (CPU tensors, float64, a head_dim outside the kernels, no triton installed).
+* ``"triton"`` — the Triton kernels; on CPU tensors only under ``TRITON_INTERPRET=1`` (and not
+  for bfloat16 there: the interpreter's bfloat16 ``tl.dot`` is wrong).
+* ``"torch"``  — plain PyTorch (works on every device and dtype).
+* ``"cuda"``   — the CUDA C++ extension (``fastattn._C``), where it was built.  A call the
+  extension has no kernel for (variable-length attention, attention dropout, rows above its
+  LayerNorm limit, float32 attention) runs on the Triton kernels, as does every backward the
+  extension lacks.
+
+An explicit backend that cannot serve a call raises :class:`BackendUnavailableError` with the
+reason: :class:`UnsupportedDtypeError` (also a ``TypeError``) for a dtype the kernels do not
+take, :class:`UnsupportedInputError` (also a ``ValueError``) for a shape they do not take.
 
 The process-wide default comes from the ``FASTATTN_BACKEND`` environment variable (read once,
 at import) and can be changed with :func:`set_default_backend` or, for a block of code, the
@@ -20,10 +30,20 @@ from typing import Iterator, Optional
 import torch
 
 BACKENDS = ("auto", "triton", "torch", "cuda")
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what every fused kernel takes
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256  # attention kernels: multiples of 8 in this range
 
 
 class BackendUnavailableError(RuntimeError):
-    """A backend was asked for explicitly but cannot run here."""
+    """A backend was asked for explicitly but cannot run here, or cannot serve this call."""
+
+
+class UnsupportedDtypeError(BackendUnavailableError, TypeError):
+    """The requested backend's kernels do not take the inputs' dtype."""
+
+
+class UnsupportedInputError(BackendUnavailableError, ValueError):
+    """The requested backend's kernels do not take the inputs' shape (head_dim, ...)."""
 
 
 def _check_name(backend: str) -> str:
@@ -101,7 +121,9 @@ def triton_unavailable_reason(device: torch.device) -> Optional[str]:
 
 
 def resolve_backend(backend: Optional[str], device: torch.device) -> str:
-    """Turn ``backend`` (None = the process default) into the concrete backend for ``device``.
+    """Turn ``backend`` (None = the process default) into the concrete backend for ``device``,
+    from the device alone (what the benchmark and dispatch reports ask).  The ops themselves
+    decide with :func:`choose_backend`, which also weighs the call's inputs.
 
     Raises BackendUnavailableError when an explicitly requested backend cannot run.
     """
@@ -122,6 +144,68 @@ def resolve_backend(backend: Optional[str], device: torch.device) -> str:
         if reason is not None:
             raise BackendUnavailableError(f"backend='cuda' is unavailable: {reason}")
     return backend
+
+
+def kernel_refusal(x: torch.Tensor, name: str = "q", *, head_dim: Optional[int] = None,
+                   what: str = "fused kernels") -> Optional[BackendUnavailableError]:
+    """Why the fused kernels cannot take ``x`` (its dtype; ``head_dim`` for attention), as the
+    error to raise where they were asked for explicitly; None when they can."""
+    if x.dtype not in KERNEL_DTYPES:
+        return UnsupportedDtypeError(
+            f"the {what} take float16, bfloat16 or float32 {name}, got {x.dtype}")
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and interpreter_enabled():
+        return UnsupportedDtypeError(
+            f"{name} is torch.bfloat16, which the Triton interpreter (TRITON_INTERPRET=1) "
+            f"computes wrongly (its bfloat16 tl.dot); run bfloat16 on a CUDA device or with "
+            f"backend='torch'")
+    if head_dim is not None and (head_dim % 8 or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM):
+        return UnsupportedInputError(f"head_dim must be a multiple of 8 between {MIN_HEAD_DIM} "
+                                     f"and {MAX_HEAD_DIM}, got {head_dim}")
+    return None
+
+
+def choose_backend(op: str, backend: Optional[str], device: torch.device, *,
+                   refusal: Optional[BackendUnavailableError] = None,
+                   cuda_kernel: bool = True) -> str:
+    """The backend policy of every public op: "torch", "triton" or "cuda" for this call.
+
+    Args:
+        op: the public function's name, for messages.
+        backend: as passed by the caller (None = the process default).
+        device: the inputs' device.
+        refusal: why the fused kernels cannot take these inputs (dtype, head_dim, ...), or
+            None; built by the op from its inputs (see :mod:`fastattn.functional`).
+        cuda_kernel: whether the CUDA extension has a kernel for this call; without one,
+            ``"cuda"`` runs the Triton kernels.
+    Rules: "torch" always runs.  "auto" runs Triton on CUDA tensors when triton is usable and
+    ``refusal`` is None, else torch: it never raises where the torch path works.  "triton" and
+    "cuda" raise :class:`BackendUnavailableError` (or a subclass) saying why they cannot run.
+    """
+    requested = _check_name(get_default_backend() if backend is None else backend)
+    if requested == "torch":
+        return "torch"
+    if requested == "auto":
+        if device.type == "cuda" and triton_unavailable_reason(device) is None and refusal is None:
+            return "triton"
+        return "torch"
+    if requested == "cuda":
+        if device.type != "cuda":
+            raise BackendUnavailableError(
+                f"{op}: backend='cuda' needs CUDA tensors, got tensors on {device.type}")
+        reason = cuda_extension_error()
+        if reason is not None:
+            raise BackendUnavailableError(f"{op}: backend='cuda' is unavailable: {reason}")
+    if refusal is not None:
+        raise type(refusal)(f"{op}: backend={requested!r} cannot serve this call: {refusal}")
+    if requested == "cuda" and cuda_kernel:
+        return "cuda"
+    reason = triton_unavailable_reason(device)
+    if reason is not None:
+        via = "" if requested == "triton" else " (the CUDA extension has no kernel for this call)"
+        raise BackendUnavailableError(
+            f"{op}: backend={requested!r} runs on the Triton kernels{via}, which are "
+            f"unavailable: {reason}")
+    return "triton"
 
 
 def report() -> dict:

@@ -410,7 +410,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 2
     from fastattn import backends, tuning
-    from fastattn.ops.attention import _smem_limit
+    from fastattn.ops.launch import _smem_limit
 
     reason = backends.triton_unavailable_reason(torch.device("cuda"))
     if reason:

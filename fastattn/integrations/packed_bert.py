@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from fastattn.ops.varlen import pad_input, unpad_input
+from fastattn.padding import pad_input, unpad_input
 
 
 @dataclasses.dataclass(frozen=True)

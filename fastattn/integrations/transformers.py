@@ -31,12 +31,10 @@ import torch
 import torch.nn as nn
 
 from fastattn.backends import BACKENDS
-from fastattn.functional import scaled_dot_product_attention
+from fastattn.functional import feedforward, scaled_dot_product_attention, varlen_attention
 from fastattn.modules.layer_norm import LayerNorm
 from fastattn.integrations.packed_bert import (PackedSequences, is_bert_encoder,
                                                packed_encoder_forward)
-from fastattn.ops.feedforward import feedforward
-from fastattn.ops.varlen import varlen_attention
 
 NAME = "fastattn"
 
@@ -101,11 +99,9 @@ def _packed_attention(module, query, key, value, sequences, dropout_p, scaling):
     groups = getattr(module, "num_key_value_groups", 1)
     q, k, v = (t[0].transpose(0, 1) for t in (query, _repeat_kv(key, groups),
                                               _repeat_kv(value, groups)))  # (T, H, D) views
-    backend = getattr(module, "fastattn_backend", None)
     out = varlen_attention(q, k, v, sequences.cu_seqlens, sequences.cu_seqlens,
                            sequences.max_seqlen, sequences.max_seqlen, scale=scaling,
-                           dropout_p=dropout_p,
-                           backend="triton" if backend == "cuda" else backend)
+                           dropout_p=dropout_p, backend=getattr(module, "fastattn_backend", None))
     return out[None]
 
 

@@ -23,7 +23,7 @@ import torch.nn as nn
 from fastattn.modules.feedforward import FeedForward
 from fastattn.modules.layer_norm import LayerNorm
 from fastattn.modules.self_attention import SelfAttention
-from fastattn.ops.varlen import pad_input, unpad_input
+from fastattn.padding import pad_input, unpad_input
 
 
 def _packed_path_traceable() -> bool:
@@ -70,11 +70,8 @@ class BertEncoderLayer(nn.Module):
                 cu_seqlens: Optional[torch.Tensor] = None,
                 max_seqlen: Optional[int] = None) -> torch.Tensor:
         """With ``cu_seqlens``: the packed layer over ``query``, see :meth:`forward_packed`."""
-        if cu_seqlens is not None:
-            attended = self.attention(query, query, query, mask, cu_seqlens=cu_seqlens,
-                                      max_seqlen=max_seqlen)
-        else:
-            attended = self.attention(values, keys, query, mask)
+        attended = self.attention(values, keys, query, mask, cu_seqlens=cu_seqlens,
+                                  max_seqlen=max_seqlen)
         x = self.norm1(attended, residual=query)
         return self.norm2(self.feedforward(x), residual=x)
 

@@ -11,7 +11,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from fastattn.ops.feedforward import ACTIVATIONS, feedforward
+from fastattn.functional import feedforward
+from fastattn.kernels.matmul_configs import ACTIVATIONS
 
 
 def _activation_module(activation: str) -> nn.Module:

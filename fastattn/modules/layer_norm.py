@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from fastattn.ops.layer_norm import layer_norm
+from fastattn.functional import layer_norm
 
 
 class LayerNorm(nn.LayerNorm):

@@ -14,9 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastattn.backends import resolve_backend
-from fastattn.functional import attention
-from fastattn.ops.varlen import varlen_attention
+from fastattn.functional import attention, attention_backend, varlen_attention
 
 
 class SelfAttention(nn.Module):
@@ -72,7 +70,7 @@ class SelfAttention(nn.Module):
         """Q (N, L_q, E), K, V (N, L_k, E) after the projections, fused where inputs coincide."""
         if not self.qkv_projection:
             return query, keys, values
-        if resolve_backend(self.backend, query.device) == "torch":
+        if attention_backend(self.backend, query, self.head_dim) == "torch":
             # torch's GEMMs run as fast on three weights as on their concatenation, which would
             # be a copy of 3 E x E weights (and its backward) on every call
             return self.queries(query), self.keys(keys), self.values(values)
@@ -92,16 +90,13 @@ class SelfAttention(nn.Module):
                 mask: Optional[torch.Tensor] = None, *,
                 cu_seqlens: Optional[torch.Tensor] = None,
                 max_seqlen: Optional[int] = None) -> torch.Tensor:
-        """With ``cu_seqlens``: packed self-attention over ``query``, see :meth:`forward_packed`
-        (values and keys are then the same (T, E) tokens, and mask is None)."""
+        """With ``cu_seqlens``: packed attention, see :meth:`forward_packed`: values, keys and
+        query are then (T, E) packed tokens of the same sequences (each projected with its own
+        weights; one tensor passed three times is self-attention), and mask is None."""
         if cu_seqlens is not None:
             if mask is not None:
-                raise ValueError("packed self-attention (cu_seqlens given) takes no mask")
-            if values.shape != query.shape or keys.shape != query.shape:
-                raise ValueError(f"packed self-attention takes the same (T, E) tokens as values, "
-                                 f"keys and query, got shapes {tuple(values.shape)}, "
-                                 f"{tuple(keys.shape)}, {tuple(query.shape)}")
-            return self._forward_packed(query, cu_seqlens, max_seqlen)
+                raise ValueError("packed attention (cu_seqlens given) takes no mask")
+            return self._forward_packed(values, keys, query, cu_seqlens, max_seqlen)
         self._check("query", query, None)
         n, lq = query.shape[:2]
         self._check("keys", keys, n)
@@ -127,16 +122,22 @@ class SelfAttention(nn.Module):
         """
         return self(x, x, x, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
 
-    def _forward_packed(self, x, cu_seqlens, max_seqlen):
+    def _forward_packed(self, values, keys, query, cu_seqlens, max_seqlen):
         if max_seqlen is None:
             raise ValueError("max_seqlen is required with cu_seqlens")
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.embed_size:
-            raise ValueError(f"x must be packed tokens of shape (T, {self.embed_size}), got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
-        q, k, v = self._project(x, x, x)
+        for name, t in (("query", query), ("keys", keys), ("values", values)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 2 or t.shape[1] != self.embed_size:
+                raise ValueError(f"{name} must be packed tokens of shape (T, {self.embed_size}), "
+                                 f"got {tuple(t.shape)}")
+        if not values.shape == keys.shape == query.shape:
+            raise ValueError(f"packed values, keys and query must be tokens of the same sequences "
+                             f"(one shape (T, E)), got {tuple(values.shape)}, "
+                             f"{tuple(keys.shape)}, {tuple(query.shape)}")
+        q, k, v = self._project(values, keys, query)
         split = lambda t: t.unflatten(-1, (self.heads, self.head_dim))
-        backend = "triton" if self.backend == "cuda" else self.backend  # no CUDA C++ varlen
         out = varlen_attention(split(q), split(k), split(v), cu_seqlens, cu_seqlens,
                                max_seqlen, max_seqlen, dropout_p=self._dropout_p(),
-                               backend=backend)
+                               backend=self.backend)
         return self.fc_out(out.flatten(-2))

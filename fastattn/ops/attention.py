@@ -23,7 +23,6 @@ Triton is imported only when a kernel is launched.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional, Tuple
 
@@ -31,32 +30,11 @@ import torch
 
 from fastattn.backends import interpreter_enabled
 from fastattn.ops.key_lengths import key_padding_lengths
-from fastattn.ops.launch import (
-    cdiv, ensure_tma_allocator, last_dim_contiguous, launch_on, target_device, tma_compatible,
+from fastattn.ops.launch import (  # noqa: F401  (_DTYPE_NAMES, _smem_limit: old import path)
+    _DTYPE_NAMES, _device_smem_limit, _precision, _seed_arg, _smem_limit, cdiv,
+    draw_dropout_seed, ensure_tma_allocator, last_dim_contiguous, launch_on, tma_compatible,
     tma_supported)
-from fastattn.kernels.attention_configs import (
-    DEFAULT_SMEM_LIMIT, DROPOUT_MASK_BLOCK, block_d_for, pick_config, smem_limit_for)
-
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-
-
-@functools.lru_cache(maxsize=None)
-def _device_smem_limit(index: int) -> int:
-    props = torch.cuda.get_device_properties(index)
-    limit = getattr(props, "shared_memory_per_block_optin", 0)
-    return int(limit) if limit else smem_limit_for(props.major)
-
-
-def _smem_limit(device: torch.device) -> int:
-    target = target_device()
-    if target is not None:  # compiling for a target (fastattn kernels), see ops/launch.py
-        return target.smem_limit
-    if device.type != "cuda":
-        return DEFAULT_SMEM_LIMIT
-    return _device_smem_limit(device.index if device.index is not None else
-                              torch.cuda.current_device())
-
-
+from fastattn.kernels.attention_configs import DROPOUT_MASK_BLOCK, block_d_for, pick_config
 
 def _mask_view(mask: Optional[torch.Tensor], ref: torch.Tensor, shape) -> Tuple[torch.Tensor, tuple]:
     """(tensor to point at, its 4 strides) for a mask viewed as ``shape`` = (N, H, L_q, L_k).
@@ -98,15 +76,6 @@ def _masked_raw(masked_score: float, qk_scale: float) -> float:
     return -(2.0 ** min(k, 127))
 
 
-def _precision(dtype: torch.dtype) -> str:
-    """fp32 inputs: three-pass TF32 on tensor cores (about fp32 accuracy), or plain TF32 when
-    torch allows it for matmuls; half inputs ignore the setting."""
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "tf32x3"
-    return "tf32"
-
-
-
 def _mask_layout(mask, mask_t: torch.Tensor, strides) -> str:
     """How the kernels read the mask (see ``pick_config``): none, row, full or narrow."""
     if mask is None:
@@ -114,18 +83,6 @@ def _mask_layout(mask, mask_t: torch.Tensor, strides) -> str:
     if strides[2] == 0:
         return "row"
     return "narrow" if mask_t.element_size() < 4 else "full"
-
-
-def _seed_arg(seed: Optional[torch.Tensor], dummy: torch.Tensor, dropout_p: float):
-    """The SEED pointer argument: the seed tensor, or any tensor when dropout is off."""
-    if dropout_p > 0 and seed is None:
-        raise ValueError("dropout_p > 0 needs a seed tensor")
-    return seed if seed is not None else dummy
-
-
-def draw_dropout_seed(device: torch.device) -> torch.Tensor:
-    """A fresh (1,) int64 Philox key from torch's generator for ``device``."""
-    return torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=device)
 
 
 def dropout_keep_mask(seed: torch.Tensor, shape, dropout_p: float) -> torch.Tensor:

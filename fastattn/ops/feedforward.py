@@ -19,14 +19,13 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from fastattn.backends import get_default_backend, resolve_backend
+from fastattn.backends import KERNEL_DTYPES, resolve_backend
 from fastattn.kernels.matmul_configs import ACTIVATIONS
 from fastattn.ops.gemm import gemm, matmul  # noqa: F401  (matmul: the Triton GEMM)
 
 _ACT_NAMES = {v: k for k, v in ACTIVATIONS.items()}
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SUPPORTED_DTYPES = KERNEL_DTYPES
 
 
 @torch.library.custom_op("fastattn::feedforward_fwd", mutates_args=())
@@ -95,104 +94,6 @@ def _backward(ctx, dy, _dh, _da):
 feedforward_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check(x, w1, b1, w2, b2, activation, residual):
-    for name, t in (("x", x), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
-    if w1.dim() != 2 or w2.dim() != 2 or b1.dim() != 1 or b2.dim() != 1:
-        raise ValueError("w1 and w2 must be 2-D (out_features, in_features); b1, b2 1-D")
-    e = x.shape[-1] if x.dim() else None
-    hidden = w1.shape[0]
-    if w1.shape[1] != e:
-        raise ValueError(f"x's last dim ({e}) must equal w1's in_features ({w1.shape[1]})")
-    if w2.shape != (e, hidden) or b1.shape != (hidden,) or b2.shape != (e,):
-        raise ValueError(f"w2 must be ({e}, {hidden}), b1 ({hidden},), b2 ({e},); got "
-                         f"{tuple(w2.shape)}, {tuple(b1.shape)}, {tuple(b2.shape)}")
-    if residual is not None:
-        if not isinstance(residual, torch.Tensor):
-            raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
-        if residual.shape != x.shape:
-            raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got "
-                             f"{tuple(residual.shape)}")
-    tensors = [x, w1, b1, w2, b2] + ([residual] if residual is not None else [])
-    if len({t.device for t in tensors}) != 1:
-        raise ValueError(f"x, weights, biases and residual must be on one device, got "
-                         f"{[str(t.device) for t in tensors]}")
-    if len({t.dtype for t in tensors}) != 1:
-        raise TypeError(f"x, weights, biases and residual must share one dtype, got "
-                        f"{[str(t.dtype) for t in tensors]}")
-
-
-def _torch_activation(h, activation):
-    if activation == "relu":
-        return F.relu(h)
-    return F.gelu(h, approximate="tanh" if activation == "gelu_tanh" else "none")
-
-
-def _torch_feedforward(x, w1, b1, w2, b2, activation, residual):
-    """The "torch" backend: two ``addmm`` (bias in the GEMM, as nn.Linear on 2-D inputs), the
-    ReLU fused into the first where no gradient is needed (``_addmm_activation``, which has no
-    autograd formula; its GELU is not exactly torch's tanh GELU, so GELUs stay separate), the
-    residual added in place into the second GEMM's fresh output.  No other copy is made."""
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, w1, b1, w2, b2, residual) if t is not None)
-    if activation == "relu" and not grad:
-        a = torch._addmm_activation(b1, x2, w1.t())
-    else:
-        a = _torch_activation(torch.addmm(b1, x2, w1.t()), activation)
-    y = torch.addmm(b2, a, w2.t())
-    if residual is not None:
-        y = y.add_(residual.reshape(y.shape))
-    return y.view(*shape[:-1], y.shape[-1])
-
-
-def feedforward(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-                b2: torch.Tensor, activation: str = "relu",
-                residual: Optional[torch.Tensor] = None, *,
-                backend: Optional[str] = None) -> torch.Tensor:
-    """``linear(act(linear(x, w1, b1)), w2, b2) + residual``.
-
-    Args:
-        x: (..., E).  w1: (H, E), b1: (H,), w2: (E, H), b2: (E,) — nn.Linear's layout.
-        activation: "relu", "gelu" (erf) or "gelu_tanh".
-        residual: optional (..., E), added in the second GEMM's epilogue.
-        backend: "auto", "triton", "torch", "cuda" or None (the process default).  "auto" on
-            CUDA: per GEMM the faster of the Triton kernel and cuBLAS(Lt) with its fused
-            epilogue, from the device's tuned table, cuBLAS(Lt) without one (see
-            :func:`feedforward_dispatch_reason`).  "triton": always the Triton kernels.
-            "cuda": cuBLAS GEMMs with the bias + activation in the CUDA C++ elementwise kernel.
-    Returns:
-        (..., E) in x's dtype.
-    """
-    _check(x, w1, b1, w2, b2, activation, residual)
-    chosen = resolve_backend(backend, x.device)
-    if chosen == "torch":
-        return _torch_feedforward(x, w1, b1, w2, b2, activation, residual)
-    if chosen == "cuda":  # cuBLAS GEMMs, the bias + activation in the CUDA C++ kernel
-        from fastattn.ops.bias_act_cuda import cuda_bias_act
-
-        h = F.linear(x.reshape(-1, x.shape[-1]), w1)
-        y = F.linear(cuda_bias_act(h, b1, activation), w2, b2).view(x.shape)
-        return y if residual is None else y + residual
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"the fused GEMMs take float16, bfloat16 or float32, got {x.dtype}")
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    r2 = None if residual is None else residual.reshape(-1, shape[-1])
-    choose = (backend or get_default_backend()) == "auto"
-    keep_pre = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, w1, b1, w2, b2, residual))
-    y = feedforward_fwd_op(x2, w1, b1, w2, b2, r2, ACTIVATIONS[activation], keep_pre,
-                           choose)[0]
-    # Not a view of y (as torch.matmul reshapes its GEMM output): y is fresh and not saved for
-    # backward (h and a are), and FSDP2 warns about modules that return views.
-    return torch.ops.aten._unsafe_view(y, shape)
-
-
 def feedforward_dispatch_reason(device, dtype: torch.dtype, m: int, k: int, n: int,
                                 activation: str = "gelu", residual: bool = True,
                                 training: bool = False) -> str:
@@ -200,7 +101,7 @@ def feedforward_dispatch_reason(device, dtype: torch.dtype, m: int, k: int, n: i
     ``m`` tokens, embedding ``k`` and hidden size ``n`` on ``device``, and why (one line per
     GEMM; ``training`` adds the backward's)."""
     from fastattn.kernels.matmul_configs import feedforward_cases
-    from fastattn.ops.attention import _DTYPE_NAMES
+    from fastattn.ops.launch import _DTYPE_NAMES
     from fastattn.ops.gemm import choose_backend
 
     device = torch.device(device)
@@ -216,3 +117,13 @@ def feedforward_dispatch_reason(device, dtype: torch.dtype, m: int, k: int, n: i
             f"s{cfg.num_stages}" if cfg else "Triton (static table)")
         lines.append(f"{name} [{case}]: {what} — {why}")
     return "\n".join(lines)
+
+
+def __getattr__(name: str):
+    """``from fastattn.ops.feedforward import feedforward`` (the old path) still works; the
+    function lives in :mod:`fastattn.functional`, which imports this module."""
+    if name == "feedforward":
+        from fastattn import functional
+
+        return functional.feedforward
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

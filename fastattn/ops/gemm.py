@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from fastattn.backends import interpreter_enabled
 from fastattn.kernels.matmul_configs import (ACTIVATIONS, EPILOGUES, LAYOUTS, MatmulConfig,
                                              case_key, pick_config)
-from fastattn.ops.attention import _DTYPE_NAMES, _precision, _smem_limit
+from fastattn.ops.launch import _DTYPE_NAMES, _precision, _smem_limit
 from fastattn.ops.launch import (cdiv, device_capability, ensure_tma_allocator, launch_on,
                                  target_device)
 

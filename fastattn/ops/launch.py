@@ -1,4 +1,6 @@
-"""Small host-side helpers shared by the kernel launchers.
+"""Small host-side helpers shared by the kernel launchers: device figures (shared memory per
+block, compute capability), the precision and dtype names the launch tables take, dropout
+seeds, grid arithmetic and TMA set-up.
 
 :func:`compile_target` lets a launcher run on CPU tensors *as if* on a given GPU: inside it,
 the device queries below answer with the target's figures (compute capability, shared memory
@@ -12,9 +14,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 from typing import Iterator, Optional, Tuple
 
 import torch
+
+from fastattn.kernels.attention_configs import DEFAULT_SMEM_LIMIT, smem_limit_for
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +60,59 @@ def device_capability(device: torch.device) -> Optional[Tuple[int, int]]:
     if device.type != "cuda":
         return None
     return torch.cuda.get_device_capability(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_smem_limit(index: int) -> int:
+    props = torch.cuda.get_device_properties(index)
+    limit = getattr(props, "shared_memory_per_block_optin", 0)
+    return int(limit) if limit else smem_limit_for(props.major)
+
+
+def _smem_limit(device: torch.device) -> int:
+    """Opt-in shared memory per block (bytes) the launch tables may plan for on ``device``."""
+    target = target_device()
+    if target is not None:  # compiling for a target (fastattn kernels), see compile_target
+        return target.smem_limit
+    if device.type != "cuda":
+        return DEFAULT_SMEM_LIMIT
+    return _device_smem_limit(device.index if device.index is not None else
+                              torch.cuda.current_device())
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """fp32 inputs: three-pass TF32 on tensor cores (about fp32 accuracy), or plain TF32 when
+    torch allows it for matmuls; half inputs ignore the setting."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "tf32x3"
+    return "tf32"
+
+
+def check_dropout_seed(seed, device: torch.device) -> None:
+    """A dropout seed is a (1,) int64 tensor on the kernels' device (their Philox key)."""
+    if not isinstance(seed, torch.Tensor):
+        raise TypeError(f"seed must be a (1,) int64 torch.Tensor, got {type(seed).__name__}")
+    if seed.dtype != torch.int64:
+        raise ValueError(f"seed must be a (1,) int64 tensor, got dtype {seed.dtype}")
+    if tuple(seed.shape) != (1,):
+        raise ValueError(f"seed must be a (1,) int64 tensor, got shape {tuple(seed.shape)}")
+    if seed.device != device:
+        raise ValueError(f"seed is on {seed.device} but the inputs are on {device}")
+
+
+def _seed_arg(seed: Optional[torch.Tensor], dummy: torch.Tensor, dropout_p: float):
+    """The SEED pointer argument: the checked seed tensor, or any tensor when dropout is off."""
+    if dropout_p > 0 and seed is None:
+        raise ValueError("dropout_p > 0 needs a seed tensor")
+    if seed is None:
+        return dummy
+    check_dropout_seed(seed, dummy.device)
+    return seed
+
+
+def draw_dropout_seed(device: torch.device) -> torch.Tensor:
+    """A fresh (1,) int64 Philox key from torch's generator for ``device``."""
+    return torch.randint(0, 2 ** 62, (1,), dtype=torch.int64, device=device)
 
 
 def cdiv(a: int, b: int) -> int:

@@ -1,4 +1,5 @@
-"""LayerNorm: launchers, torch.library ops, autograd, and the functional entry point.
+"""LayerNorm: launchers, torch.library ops and autograd (the public :func:`fastattn.layer_norm`,
+its checks and backend choice are in :mod:`fastattn.functional`).
 
 Ops (registered under the ``fastattn`` namespace, so ``torch.compile`` sees each as one node):
 
@@ -12,27 +13,23 @@ contiguous.  y, dx: (M, N) contiguous.  mean, rstd: (M,) fp32.  xsum: x + residu
 ``store_sum`` (kept for backward), else an empty (0,) tensor.  dw, db: (N,), or (0,) when not
 asked for.  In the backward op, x is the tensor that was normalized (x + residual).
 
-:func:`layer_norm` validates its inputs and reshapes any (..., *normalized_shape) tensor into
-rows; the ops assume valid arguments.  Triton is imported only when a kernel is launched.
+:func:`fastattn.layer_norm` validates its inputs and reshapes any (..., *normalized_shape) tensor
+into rows; the ops assume valid arguments.  Triton is imported only when a kernel is launched.
 """
 from __future__ import annotations
 
 import functools
-import math
-import numbers
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from fastattn.backends import get_default_backend, resolve_backend
+from fastattn.backends import KERNEL_DTYPES
 from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on, target_device
-from fastattn.ops.layer_norm_cuda import CUDA_MAX_HIDDEN, cuda_layer_norm
 from fastattn.kernels.layer_norm_configs import (
     INTERPRETER_SM_COUNT, REDUCE_BLOCK_N, REDUCE_BLOCK_P, REDUCE_NUM_WARPS, backward_grid,
     pick_config)
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SUPPORTED_DTYPES = KERNEL_DTYPES
 
 
 @functools.lru_cache(maxsize=None)
@@ -183,107 +180,11 @@ def _backward(ctx, dy, _dmean, _drstd, _dxsum):
 layer_norm_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-# --------------------------------------------------------------------------- functional API
+def __getattr__(name: str):
+    """``from fastattn.ops.layer_norm import layer_norm`` (the old path) still works; the
+    function lives in :mod:`fastattn.functional`, which imports this module."""
+    if name == "layer_norm":
+        from fastattn import functional
 
-def _check_normalized_shape(normalized_shape) -> Tuple[int, ...]:
-    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
-        shape = (int(normalized_shape),)
-    elif isinstance(normalized_shape, (tuple, list, torch.Size)) and all(
-            isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in normalized_shape):
-        shape = tuple(int(d) for d in normalized_shape)
-    else:
-        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got "
-                        f"{normalized_shape!r}")
-    if len(shape) == 0 or any(d < 0 for d in shape):
-        raise ValueError(f"normalized_shape must be non-empty with non-negative sizes, got {shape}")
-    return shape
-
-
-def _check_inputs(x, shape, weight, bias, eps, residual):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape):]) != shape:
-        raise ValueError(f"x of shape {tuple(x.shape)} does not end with normalized_shape "
-                         f"{shape}")
-    for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-        want = tuple(x.shape) if name == "residual" else shape
-        if tuple(t.shape) != want:
-            what = "x's shape" if name == "residual" else "normalized_shape"
-            raise ValueError(f"{name} must have {what} {want}, got {tuple(t.shape)}")
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
-
-
-def _choose_backend(backend: Optional[str], x: torch.Tensor) -> str:
-    chosen = resolve_backend(backend, x.device)
-    requested = get_default_backend() if backend is None else backend
-    if chosen == "triton" and x.dtype not in SUPPORTED_DTYPES:
-        if requested == "auto":
-            return "torch"  # e.g. float64 on CUDA: the kernels do not take it
-        raise TypeError(f"the fused LayerNorm kernels take float16, bfloat16 or float32 x, "
-                        f"got {x.dtype}")
-    if chosen == "cuda" and x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"the CUDA LayerNorm kernels take float16, bfloat16 or float32 x, "
-                        f"got {x.dtype}")
-    return chosen
-
-
-def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
-               weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
-               eps: float = 1e-5, *, residual: Optional[torch.Tensor] = None,
-               backend: Optional[str] = None) -> torch.Tensor:
-    """LayerNorm over the trailing ``normalized_shape`` dims of ``x + residual`` (fused add).
-
-    Args:
-        x: (..., *normalized_shape).  Rows may be strided; the last dim needs stride 1 or x
-            is copied.  float16, bfloat16 or float32 for the Triton kernels.
-        normalized_shape: int or tuple; its product is the hidden size N (1 to 65536 and more:
-            rows above 8192 elements use the looped kernels).
-        weight, bias: optional, shape normalized_shape, x's dtype and device.
-        eps: added to the variance.
-        residual: optional, x's shape, dtype and device; the result is LN(x + residual) and
-            both receive the same gradient (the post-LN encoder's norm(sublayer(x) + x)).
-        backend: "auto", "triton", "torch", "cuda" or None (the process default).  "auto"
-            falls back to torch for dtypes the kernels do not take (float64).  "cuda" runs the
-            CUDA C++ kernels for hidden sizes up to 16384, the Triton ones above.
-    Returns:
-        x's shape and dtype, contiguous.  Statistics are fp32.  Under CUDA autocast, the inputs
-        are computed in float32 and the result is float32, as torch.nn.functional.layer_norm.
-    """
-    shape = _check_normalized_shape(normalized_shape)
-    cuda_autocast = isinstance(x, torch.Tensor) and x.device.type == "cuda" and (
-        torch.is_autocast_enabled("cuda"))
-    if cuda_autocast:  # torch's CUDA autocast runs layer_norm in float32; CPU's leaves it alone
-        up = lambda t: t if t is None or not isinstance(t, torch.Tensor) else t.float()
-        x, residual, weight, bias = up(x), up(residual), up(weight), up(bias)
-    _check_inputs(x, shape, weight, bias, eps, residual)
-    chosen = _choose_backend(backend, x)
-    if chosen == "torch":
-        return F.layer_norm(x if residual is None else x + residual, shape, weight, bias, eps)
-    n = math.prod(shape)
-    m = math.prod(x.shape[:x.dim() - len(shape)])
-    rows = lambda t: last_dim_contiguous(t.reshape(m, n))
-    x2 = rows(x)
-    r2 = None if residual is None else rows(residual)
-    w = None if weight is None else weight.reshape(n).contiguous()
-    b = None if bias is None else bias.reshape(n).contiguous()
-    if chosen == "cuda" and n <= CUDA_MAX_HIDDEN:
-        return cuda_layer_norm(x2, r2, w, b, float(eps)).view(x.shape)
-    store_sum = residual is not None and torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, residual, weight, bias))
-    y = layer_norm_fwd_op(x2, r2, w, b, float(eps), store_sum)[0]
-    # Not a view of y (as torch.matmul reshapes its GEMM output): y is fresh and nothing else
-    # holds or saves it, and FSDP2 warns about modules that return views.
-    return torch.ops.aten._unsafe_view(y, x.shape)
+        return functional.layer_norm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

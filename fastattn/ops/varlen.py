@@ -1,12 +1,9 @@
-"""Variable-length (packed) attention: launchers, torch.library ops, autograd, pack / unpack.
+"""Variable-length (packed) attention: launchers, torch.library ops and autograd.
 
-Public functions:
-
-    varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-                     causal=False, scale=None, dropout_p=0.0, backend=None) -> (total_q, H, D)
-    unpad_input(x, key_padding_mask=None, *, lengths=None)
-        -> (packed, indices, cu_seqlens, max_seqlen)
-    pad_input(packed, indices, batch, seqlen) -> (batch, seqlen, ...)
+The public function :func:`fastattn.varlen_attention` (input checks, backend choice) lives in
+:mod:`fastattn.functional`, its plain-PyTorch paths in :mod:`fastattn.torch_paths`, and
+``unpad_input`` / ``pad_input`` in :mod:`fastattn.padding`; the three names stay importable from
+here.
 
 Ops (``fastattn`` namespace, one node each under ``torch.compile``):
 
@@ -21,26 +18,23 @@ of the padded kernels gets for the same seed.
 
 Nothing here reads a device tensor on the host: the launch grids come from the Python ints
 max_seqlen_q / max_seqlen_k.  :func:`unpad_input` is the one place that synchronises (it
-computes max_seqlen from the mask).  Triton is imported only when a kernel is launched.
+computes max_seqlen from the mask).  Inputs are validated by :mod:`fastattn.functional`; these
+ops assume valid arguments.  Triton is imported only when a kernel is launched.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
 
-from fastattn.backends import interpreter_enabled, resolve_backend
-from fastattn.ops.attention_sdpa import sdpa_varlen
-from fastattn.functional import (_check_causal, _check_dropout, _check_kernel_inputs,
-                                 _check_scale, _torch_path)
+from fastattn.backends import interpreter_enabled
 from fastattn.kernels.attention_configs import block_d_for
 from fastattn.kernels.attention_varlen_configs import (
     INTERPRETER_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M, pick_varlen_config)
-from fastattn.ops.attention import (_DTYPE_NAMES, _precision, _seed_arg, _smem_limit,
-                                    draw_dropout_seed)
 from fastattn.ops.launch import (
-    cdiv, ensure_tma_allocator, last_dim_contiguous, launch_on, tma_compatible, tma_supported)
+    _DTYPE_NAMES, _precision, _seed_arg, _smem_limit, cdiv, ensure_tma_allocator,
+    last_dim_contiguous, launch_on, tma_compatible, tma_supported)
+from fastattn.padding import pad_input, unpad_input  # noqa: F401  (old import path)
 
 LOG2E = 1.4426950408889634
 
@@ -61,8 +55,10 @@ def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, sc
     q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     total_q, h, d = q.shape
     batch = cu_q.shape[0] - 1
-    out = torch.empty(total_q, h, d, dtype=q.dtype, device=q.device)
-    lse = torch.empty(h, total_q, dtype=torch.float32, device=q.device)
+    # zeros / +inf: rows in no sequence (past cu_q[-1]) or past max_q are never written, and
+    # LSE = +inf makes the backward give them no weight (as a sequence without keys)
+    out = torch.zeros(total_q, h, d, dtype=q.dtype, device=q.device)
+    lse = torch.full((h, total_q), float("inf"), dtype=torch.float32, device=q.device)
     if out.numel() == 0 or batch <= 0 or max_q <= 0:  # nothing to launch: no query rows
         return out.zero_(), lse.fill_(float("inf"))
     if scale < 0:  # the kernel's fused running max needs a scale > 0: S = |scale| q (-k)^T
@@ -97,9 +93,10 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
     q, k, v, out, dout = (last_dim_contiguous(t) for t in (q, k, v, out, dout))
     total_q, h, d = q.shape
     batch = cu_q.shape[0] - 1
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    # zeros: rows in no sequence, or past max_q / max_k, are never written
+    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
     if q.numel() == 0 or k.numel() == 0 or batch <= 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     block_d = block_d_for(d)
@@ -199,231 +196,11 @@ def _backward(ctx, dout, _dlse):
 varlen_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-# ----------------------------------------------------------------------------- functional
+def __getattr__(name: str):
+    """``from fastattn.ops.varlen import varlen_attention`` (the old path) still works; the
+    function lives in :mod:`fastattn.functional`, which imports this module."""
+    if name == "varlen_attention":
+        from fastattn import functional
 
-def _check_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
-    for name, t in (("q", q), ("k", k), ("v", v), ("cu_seqlens_q", cu_q),
-                    ("cu_seqlens_k", cu_k)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 3:
-            raise ValueError(f"{name} must have 3 dims (total, H, D), got shape {tuple(t.shape)}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not q.dtype.is_floating_point:
-        raise TypeError(f"q, k, v must be floating point, got {q.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have one shape (total_k, H, D), got k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)}")
-    if k.shape[1:] != q.shape[1:]:
-        raise ValueError(f"q, k, v must share (H, D); got q {tuple(q.shape)}, k {tuple(k.shape)}")
-    for name, t in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
-        if t.dtype != torch.int32:
-            raise TypeError(f"{name} must be int32, got {t.dtype}")
-        if t.dim() != 1 or t.shape[0] < 1 or not t.is_contiguous():
-            raise ValueError(f"{name} must be a contiguous 1-D int32 tensor of length batch + 1, "
-                             f"got shape {tuple(t.shape)} and strides {t.stride()}")
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
-    if cu_q.shape != cu_k.shape:
-        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have one length B + 1, got "
-                         f"{cu_q.shape[0]} and {cu_k.shape[0]}")
-    for name, m in (("max_seqlen_q", max_q), ("max_seqlen_k", max_k)):
-        if isinstance(m, bool) or not isinstance(m, (int, torch.SymInt)):  # SymInt: traced
-            raise TypeError(f"{name} must be a Python int, got {type(m).__name__}")
-        if m < 0:
-            raise ValueError(f"{name} must be >= 0, got {m}")
-
-
-def _torch_varlen(q, k, v, cu_q, cu_k, causal, scale, dropout_p=0.0):
-    """Plain PyTorch (reads cu_seqlens on the host).  Self-attention on CPU without dropout:
-    torch's fused SDPA kernel over length buckets (:func:`fastattn.ops.attention_sdpa.
-    sdpa_varlen`); otherwise one sequence at a time through the torch attention path."""
-    if q.device.type == "cpu" and dropout_p == 0 and (cu_q is cu_k or torch.equal(cu_q, cu_k)):
-        return sdpa_varlen(q, k, v, cu_q, causal, scale)
-    outs = []
-    bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
-    for b in range(len(bounds_q) - 1):
-        qb = q[bounds_q[b]:bounds_q[b + 1]]
-        kb, vb = k[bounds_k[b]:bounds_k[b + 1]], v[bounds_k[b]:bounds_k[b + 1]]
-        if qb.shape[0] == 0:
-            continue
-        if kb.shape[0] == 0:  # no keys: zeros, as the kernel
-            outs.append(qb * 0)
-            continue
-        ob = _torch_path(*(t.transpose(0, 1)[None] for t in (qb, kb, vb)), None, 0, causal,
-                         scale, dropout_p)
-        outs.append(ob[0].transpose(0, 1))
-    return torch.cat(outs, 0) if outs else q.new_zeros(q.shape)
-
-
-def _torch_varlen_traced(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, scale,
-                         dropout_p=0.0):
-    """Plain PyTorch without host reads, for torch.compile / torch.export: each sequence is
-    gathered into a (B, max_seqlen, H, D) padded batch, attended with a key-padding mask and
-    gathered back; rows in no sequence (or past max_seqlen) give 0."""
-    batch = cu_q.shape[0] - 1
-
-    def to_padded(t, cu, length):
-        """(B, H, length, D) of sequence rows (zeros past each end); (B, length) validity."""
-        pos = torch.arange(length, device=t.device)
-        start, seqlen = cu[:-1, None].long(), (cu[1:] - cu[:-1])[:, None].long()
-        valid = pos[None, :] < seqlen
-        rows = torch.where(valid, start + pos[None, :], t.shape[0])  # row total: a zero row
-        ext = torch.cat([t, t.new_zeros((1, *t.shape[1:]))])
-        return ext[rows].transpose(1, 2), valid
-
-    qp, _ = to_padded(q, cu_q, max_q)
-    kp, key_valid = to_padded(k, cu_k, max_k)
-    vp, _ = to_padded(v, cu_k, max_k)
-    # A sequence without keys attends its zero rows (finite, so no NaN gradient), then gives 0.
-    has_keys = key_valid.any(1)[:, None, None, None]
-    keep = (key_valid | ~key_valid.any(1, keepdim=True))[:, None, None, :]
-    out = _torch_path(qp, kp, vp, keep, 3, causal, scale, dropout_p)  # 3: True kept, -inf else
-    out = torch.where(has_keys, out, 0.0)
-    # token i of the packed queries: sequence seq[i], position i - cu_q[seq[i]]
-    tokens = torch.arange(q.shape[0], device=q.device, dtype=cu_q.dtype)
-    seq = torch.searchsorted(cu_q[1:], tokens, right=True).clamp(max=max(batch - 1, 0))
-    pos = (tokens - cu_q[seq]).long()
-    flat = out.transpose(1, 2).reshape(batch * max_q, *q.shape[1:])
-    ext = torch.cat([flat, flat.new_zeros((1, *q.shape[1:]))])
-    inside = (pos < max_q) & (tokens < cu_q[-1])
-    rows = torch.where(inside, seq.long() * max_q + pos, batch * max_q)
-    return ext[rows]
-
-
-def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
-                     max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
-                     scale: Optional[float] = None, dropout_p: float = 0.0,
-                     backend: Optional[str] = None) -> torch.Tensor:
-    """Attention over B sequences packed without padding (like ``flash_attn_varlen_func``).
-
-    Sequence b's queries ``q[cu_seqlens_q[b]:cu_seqlens_q[b+1]]`` attend its keys
-    ``k[cu_seqlens_k[b]:cu_seqlens_k[b+1]]`` and nothing else; within a sequence the result is
-    :func:`fastattn.attention` without a mask (padding is simply absent, so no mask is needed or
-    accepted).  Use :func:`unpad_input` / :func:`pad_input` to move between layouts.
-
-    Args:
-        q: (total_q, H, D).  k, v: (total_k, H, D).  Any token / head strides (views into a
-            packed (total, 3, H, D) projection are read in place); the last stride must be 1 or
-            a copy is made.
-        cu_seqlens_q, cu_seqlens_k: (B + 1,) int32 on q's device, cumulative lengths starting
-            at 0 and ending at total_q / total_k (not checked: that would read the device).
-        max_seqlen_q, max_seqlen_k: Python ints >= the longest query / key sequence (a
-            smaller value leaves the rows past it uncomputed).  Only the launch grid uses
-            them; no device value is read on the host.
-        causal: key j is excluded from query i of the same sequence when j > i (top-left
-            aligned within each sequence)::
-
-                keys →   0 1 2 3
-                query 0  x . . .
-                query 1  x x . .
-
-        scale: multiplies Q K^T; default 1/sqrt(D).
-        dropout_p: attention dropout in [0, 1), as :func:`fastattn.attention`'s (sequence b
-            gets the mask of batch row b there, for the same seed).
-        backend: "auto", "triton", "torch" or None (the process default).  "torch" loops over
-            the sequences in plain PyTorch and reads cu_seqlens on the host; under
-            torch.compile / torch.export it gathers the sequences into a padded
-            (B, max_seqlen, H, D) batch instead (no host read; needs max_seqlen >= every
-            length, rows past it give 0).
-    Returns:
-        (total_q, H, D), dtype of q, contiguous.  Differentiable in q, k, v.  A sequence with
-        queries but no keys gives zeros (and zero gradients); sequences of length 0 are fine.
-    The kernel's LSE (fastattn::varlen_attention_fwd's second output) is (H, total_q) fp32.
-    """
-    _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    causal = _check_causal(causal)
-    scale = _check_scale(scale)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    dropout_p = _check_dropout(dropout_p)
-    chosen = resolve_backend(backend, q.device)
-    if chosen == "torch":
-        if torch.compiler.is_compiling():
-            return _torch_varlen_traced(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                        max_seqlen_k, bool(causal), scale, dropout_p)
-        return _torch_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, bool(causal), scale,
-                             dropout_p)
-    if chosen != "triton":
-        raise ValueError(f"varlen_attention supports the 'triton' and 'torch' backends, "
-                         f"got backend={backend!r}")
-    _check_kernel_inputs(q)
-    seed = draw_dropout_seed(q.device) if dropout_p > 0 else None
-    return varlen_attention_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                   max_seqlen_k, bool(causal), scale, dropout_p, seed)[0]
-
-
-# ------------------------------------------------------------------------- pack / unpack
-
-def unpad_input(x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None, *,
-                lengths: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Drop the padding of a batch: (N, L, ...) -> (total, ...).
-
-    Args:
-        x: (N, L, ...) padded batch.
-        key_padding_mask: (N, L), nonzero / True at real tokens (any positions, kept in order).
-        lengths: alternatively (N,) integer lengths: the first lengths[i] tokens are real.
-    Returns:
-        packed (total, ...), indices (total,) int64 into the flattened (N·L) positions,
-        cu_seqlens (N + 1,) int32, max_seqlen (Python int).
-    Reading max_seqlen synchronises with the device once: do it once per batch and pass the
-    results to every layer.  Under torch.compile / torch.export max_seqlen is L, an upper
-    bound read from the shape (the kernels' extra programs exit at once), and ``total`` is a
-    data-dependent size (``torch._dynamo.config.capture_dynamic_output_shape_ops = True``
-    lets dynamo capture the ``nonzero``).  Differentiable in x.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(f"x must have at least 2 dims (N, L, ...), got shape {tuple(x.shape)}")
-    n, l = x.shape[:2]
-    if (key_padding_mask is None) == (lengths is None):
-        raise ValueError("pass exactly one of key_padding_mask and lengths")
-    if lengths is not None:
-        if not isinstance(lengths, torch.Tensor):
-            raise TypeError(f"lengths must be a torch.Tensor, got {type(lengths).__name__}")
-        if lengths.shape != (n,) or lengths.dtype.is_floating_point or lengths.is_complex():
-            raise ValueError(f"lengths must be an integer tensor of shape (N,) = ({n},), got "
-                             f"{tuple(lengths.shape)} {lengths.dtype}")
-        lengths = lengths.to(x.device)
-        key_padding_mask = torch.arange(l, device=x.device)[None, :] < lengths[:, None]
-    else:
-        if not isinstance(key_padding_mask, torch.Tensor):
-            raise TypeError(f"key_padding_mask must be a torch.Tensor, got "
-                            f"{type(key_padding_mask).__name__}")
-        if key_padding_mask.shape != (n, l):
-            raise ValueError(f"key_padding_mask must have shape (N, L) = {(n, l)}, got "
-                             f"{tuple(key_padding_mask.shape)}")
-        if key_padding_mask.device != x.device:
-            raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but x is on "
-                             f"{x.device}")
-    keep = key_padding_mask != 0
-    seqlens = keep.sum(1, dtype=torch.int32)
-    indices = torch.nonzero(keep.flatten()).flatten()
-    cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, 0, dtype=torch.int32), (1, 0))
-    if torch.compiler.is_compiling():
-        max_seqlen = l  # an upper bound: reading the longest length would need a host read
-    else:
-        max_seqlen = int(seqlens.max()) if n > 0 else 0
-    packed = x.reshape(n * l, *x.shape[2:]).index_select(0, indices)
-    return packed, indices, cu_seqlens, max_seqlen
-
-
-def pad_input(packed: torch.Tensor, indices: torch.Tensor, batch: int,
-              seqlen: int) -> torch.Tensor:
-    """Inverse of :func:`unpad_input`: (total, ...) -> (batch, seqlen, ...), zeros at padding.
-    Differentiable in ``packed``."""
-    if not isinstance(packed, torch.Tensor) or not isinstance(indices, torch.Tensor):
-        raise TypeError("packed and indices must be torch.Tensors")
-    if indices.dim() != 1 or indices.shape[0] != packed.shape[0]:
-        raise ValueError(f"indices must have shape (total,) = ({packed.shape[0]},), got "
-                         f"{tuple(indices.shape)}")
-    out = packed.new_zeros(batch * seqlen, *packed.shape[1:])
-    out = out.index_put((indices,), packed)
-    # a fresh tensor, not a view of the flat one (FSDP2 warns on modules returning views)
-    return torch.ops.aten._unsafe_view(out, (batch, seqlen, *packed.shape[1:]))
+        return functional.varlen_attention
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
