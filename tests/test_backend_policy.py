@@ -167,10 +167,6 @@ def test_default_cuda_keeps_the_packed_path_on_triton(monkeypatch):
 
 LENS, EXTRA = [3, 5], 3  # 8 tokens in two sequences, then 3 tokens in none
 CUT = {"tokens_outside_cu_seqlens": max(LENS), "rows_past_max_seqlen": 4}
-# The Triton kernels compute whole row tiles of a sequence up to its length: rows past
-# max_seqlen_q inside the last tile are computed until the kernels clamp the length to it.
-KERNEL_CLAMP = pytest.mark.xfail(strict=True, reason="varlen kernels do not clamp L_q to "
-                                 "max_seqlen_q: rows past it inside a tile are computed")
 
 
 def _packed_case():
@@ -204,8 +200,7 @@ def _expected(max_q, q, k, v, cu, dout):
 
 
 @pytest.mark.parametrize("backend,case", [
-    pytest.param(b, c, id=f"{b}-{c}",
-                 marks=KERNEL_CLAMP if (b, c) == ("triton", "rows_past_max_seqlen") else ())
+    pytest.param(b, c, id=f"{b}-{c}")
     for b in ("torch", "traced", "triton") for c in CUT])
 def test_outputs_and_gradients_outside_the_sequences_are_zero(backend, case):
     max_q = CUT[case]

@@ -41,18 +41,19 @@ from fastattn.kernels.attention_tiles import (
 
 
 @triton.jit
-def _sequence(CU, b):
-    """(first token as int64, length) of sequence b."""
+def _sequence(CU, b, max_seqlen):
+    """(first token as int64, length) of sequence b, the length cut at max_seqlen: rows past
+    max_seqlen take no part (their outputs and gradients stay 0), on every backend alike."""
     start = tl.load(CU + b)
     end = tl.load(CU + b + 1)
-    return start.to(tl.int64), end - start
+    return start.to(tl.int64), tl.minimum(end - start, max_seqlen)
 
 
 @triton.jit
 def varlen_attention_fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, SEED,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-    H, total_q, max_seqlen_q, D,
+    H, total_q, max_seqlen_q, max_seqlen_k, D,
     qk_scale,  # scale * log2(e), >= 0
     dropout_p,
     CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
@@ -62,10 +63,10 @@ def varlen_attention_fwd_kernel(
     start_m, bh = _program_tile(max_seqlen_q, BLOCK_M)
     b = bh // H
     h = bh % H
-    q_start, L_q = _sequence(CU_Q, b)
+    q_start, L_q = _sequence(CU_Q, b, max_seqlen_q)
     if start_m >= L_q:
         return
-    k_start, L_k = _sequence(CU_K, b)
+    k_start, L_k = _sequence(CU_K, b, max_seqlen_k)
     q_base = Q + q_start * stride_qt + h * stride_qh
     k_base = K + k_start * stride_kt + h * stride_kh
     v_base = V + k_start * stride_vt + h * stride_vh
@@ -91,7 +92,7 @@ def varlen_attention_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, SEED,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-    H, total_q, max_seqlen_k, D,
+    H, total_q, max_seqlen_q, max_seqlen_k, D,
     qk_scale, sm_scale, dropout_p,
     CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr,
@@ -101,10 +102,10 @@ def varlen_attention_bwd_dkdv_kernel(
     start_n, bh = _program_tile(max_seqlen_k, BLOCK_N)
     b = bh // H
     h = bh % H
-    k_start, L_k = _sequence(CU_K, b)
+    k_start, L_k = _sequence(CU_K, b, max_seqlen_k)
     if start_n >= L_k:
         return
-    q_start, L_q = _sequence(CU_Q, b)
+    q_start, L_q = _sequence(CU_Q, b, max_seqlen_q)
     k_base = K + k_start * stride_kt + h * stride_kh
     v_base = V + k_start * stride_vt + h * stride_vh
     k = _load_rows(_rows_source(k_base, L_k, D, stride_kt, BLOCK_N, BLOCK_D, TMA), k_base,
@@ -132,7 +133,7 @@ def varlen_attention_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, SEED,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_dqt, stride_dqh,
-    H, total_q, max_seqlen_q, D,
+    H, total_q, max_seqlen_q, max_seqlen_k, D,
     qk_scale, sm_scale, dropout_p,
     CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr,
@@ -142,10 +143,10 @@ def varlen_attention_bwd_dq_kernel(
     start_m, bh = _program_tile(max_seqlen_q, BLOCK_M)
     b = bh // H
     h = bh % H
-    q_start, L_q = _sequence(CU_Q, b)
+    q_start, L_q = _sequence(CU_Q, b, max_seqlen_q)
     if start_m >= L_q:
         return
-    k_start, L_k = _sequence(CU_K, b)
+    k_start, L_k = _sequence(CU_K, b, max_seqlen_k)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q_base = Q + q_start * stride_qt + h * stride_qh
     do_base = DO + q_start * stride_dot + h * stride_doh

@@ -75,7 +75,7 @@ def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, sc
         varlen_attention_fwd_kernel[grid](
             q, k, v, out, lse, cu_q, cu_k, _seed_arg(seed, lse, dropout_p),
             *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *out.stride()[:2],
-            h, total_q, max_q, d, scale * LOG2E, float(dropout_p),
+            h, total_q, max_q, max_k, d, scale * LOG2E, float(dropout_p),
             CAUSAL=bool(causal), EVEN_D=d == block_d, TMA=tma, PRECISION=_precision(q.dtype),
             DROPOUT=dropout_p > 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -124,7 +124,7 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
                 q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, seed_t,
                 *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *dout.stride()[:2],
                 *dk.stride()[:2], *dv.stride()[:2],
-                h, total_q, max_k, d, qk_scale, scale, float(dropout_p),
+                h, total_q, max_q, max_k, d, qk_scale, scale, float(dropout_p),
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages, **common)
         if max_q > 0:
@@ -133,7 +133,7 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
                 q, k, v, dout, lse, delta, dq, cu_q, cu_k, seed_t,
                 *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *dout.stride()[:2],
                 *dq.stride()[:2],
-                h, total_q, max_q, d, qk_scale, scale, float(dropout_p),
+                h, total_q, max_q, max_k, d, qk_scale, scale, float(dropout_p),
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages, **common)
     return dq, dk, dv
