@@ -91,7 +91,9 @@ def test_attention_forward_does_not_spill_on_sm90a(rows):
 
 def test_half_precision_uses_tensor_cores(rows):
     """Every fp16/bf16 matrix-product kernel emits tensor-core instructions; on sm_90a the
-    forward kernels and the GEMMs use wgmma (some backward tiles with 32 rows use mma.sync)."""
+    forward kernels and the GEMMs use wgmma, and so do the backward kernels wherever the rows of
+    their products (the key block of dK/dV, the query block of dQ) are 64 or more: only there,
+    never beside it, mma.sync (narrow-mask and head_dim-256 tiles of 32 rows)."""
     data, _ = rows
     checked = 0
     for r in data:
@@ -103,6 +105,10 @@ def test_half_precision_uses_tensor_cores(rows):
         if r["arch"] == "sm_90a" and r["kernel"] in ("attention_fwd", "varlen_fwd", "matmul"):
             assert "wgmma" in r["mma"], r["name"]
             assert r["loop_mma"] > 0, r["name"]
+        product_rows = r["block_n"] if r["kernel"].endswith("dkdv") else r["block_m"]
+        if (r["arch"] == "sm_90a" and "bwd_d" in r["kernel"] and r["head_dim"] <= 128
+                and product_rows >= 64):
+            assert r["mma"] == "wgmma" and r["loop_hmma"] == 0, r["name"]
     assert checked >= 10
 
 
