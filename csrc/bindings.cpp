@@ -115,8 +115,11 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q_in, con
   TORCH_CHECK_VALUE(lk >= 1 || lq == 0, "k must have at least one key (L_k >= 1)");
   TORCH_CHECK_VALUE(lq < (int64_t{1} << 31) && lk < (int64_t{1} << 31) && n * h < (int64_t{1} << 31),
               "q / k lengths and N * H must be below 2^31");
-  TORCH_CHECK_VALUE(mask_kind >= 0 && mask_kind <= 2, "mask_kind must be 0 (none), 1 (keep) or 2 (add), "
-              "got ", mask_kind);
+  TORCH_CHECK_VALUE(mask_kind == static_cast<int64_t>(MaskKind::kNone) ||
+                        mask_kind == static_cast<int64_t>(MaskKind::kKeep) ||
+                        mask_kind == static_cast<int64_t>(MaskKind::kAdd),
+                    "mask_kind must be 0 (none), 1 (keep) or 2 (add) for the CUDA kernel, got ",
+                    mask_kind);
   TORCH_CHECK_VALUE(std::isfinite(scale), "scale must be finite, got ", scale);
 
   const at::Tensor q = kernel_layout(q_in), k = kernel_layout(k_in), v = kernel_layout(v_in);

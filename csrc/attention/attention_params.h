@@ -5,11 +5,9 @@
 #include <stdint.h>
 
 #include "common/dtypes.h"
+#include "common/enums.h"
 
 namespace fastattn {
-
-// Mask kind as the binding receives it (op-level mask_kind 0 / 1 / 2).
-enum class MaskKind : int { kNone = 0, kKeep = 1, kAdd = 2 };
 
 // Mask path a forward kernel is compiled for (a template parameter, with the mask dtype):
 //   kNone        no mask

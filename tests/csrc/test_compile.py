@@ -166,8 +166,8 @@ ptxas info    : Compiling entry function '_ZN8fastattn4attn20attention_fwd_kerne
 ptxas info    : Function properties for _ZN8fastattn4attn20attention_fwd_kernelI6__halfLi64EEEvNS_18AttentionFwdParamsE
     8 bytes stack frame, 12 bytes spill stores, 16 bytes spill loads
 ptxas info    : Used 134 registers, used 1 barriers, 24576 bytes smem, 568 bytes cmem[0]
-ptxas info    : Compiling entry function '_ZN8fastattn3act15bias_act_kernelIfLi4ELNS_10ActivationE2ELb1EEEvNS_13BiasActParamsE' for 'sm_90a'
-ptxas info    : Function properties for _ZN8fastattn3act15bias_act_kernelIfLi4ELNS_10ActivationE2ELb1EEEvNS_13BiasActParamsE
+ptxas info    : Compiling entry function '_ZN8fastattn3act15bias_act_kernelIfLi4ELNS_10ActivationE3ELb1EEEvNS_13BiasActParamsE' for 'sm_90a'
+ptxas info    : Function properties for _ZN8fastattn3act15bias_act_kernelIfLi4ELNS_10ActivationE3ELb1EEEvNS_13BiasActParamsE
     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
 ptxas info    : Used 30 registers, used 0 barriers, 392 bytes cmem[0]
 """
