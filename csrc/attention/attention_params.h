@@ -50,8 +50,8 @@ struct AttentionFwdParams {
 template <DType kDType, int kHeadDim, FwdMask kMask, MaskDType kMaskDType>
 cudaError_t run_attention_fwd(const AttentionFwdParams& params, cudaStream_t stream);
 
-// Head dims the kernel is compiled for; head_dim is rounded up to the next one.
-constexpr int kAttentionHeadDims[] = {32, 64, 128};
+// Largest head_dim of the compiled kernels (attention_dispatch.cpp instantiates head dims 32,
+// 64 and 128; head_dim is rounded up to the next one).
 constexpr int kAttentionMaxHeadDim = 128;
 
 // Picks the instantiation for params.head_dim, dtype (fp16 / bf16), kernel_mask and mask_dtype.

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from fastattn.backends import get_default_backend, resolve_backend
 from fastattn.ops.launch import cdiv, last_dim_contiguous, launch_on, target_device
-from fastattn.ops.layer_norm_cuda import CUDA_MAX_HIDDEN, cuda_layer_norm
+from fastattn.cuda_limits import cuda_limit
+from fastattn.ops.layer_norm_cuda import cuda_layer_norm
 from fastattn.kernels.layer_norm_configs import (
     INTERPRETER_SM_COUNT, REDUCE_BLOCK_N, REDUCE_BLOCK_P, REDUCE_NUM_WARPS, backward_grid,
     pick_config)
@@ -279,7 +280,7 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
     r2 = None if residual is None else rows(residual)
     w = None if weight is None else weight.reshape(n).contiguous()
     b = None if bias is None else bias.reshape(n).contiguous()
-    if chosen == "cuda" and n <= CUDA_MAX_HIDDEN:
+    if chosen == "cuda" and n <= cuda_limit("layer_norm_bwd_max_cols"):
         return cuda_layer_norm(x2, r2, w, b, float(eps)).view(x.shape)
     store_sum = residual is not None and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, residual, weight, bias))
