@@ -127,9 +127,11 @@ def test_layer_norm_and_bias_act_compile_without_spills(build):
                "bias_act_kernel"}
     rows = [r for r in build["rows"] if r.kernel in kernels]
     assert {r.kernel for r in rows} == kernels
-    for name in ("layer_norm_fwd_kernel", "layer_norm_bwd_kernel"):
-        configs = {r.config for r in _rows(build, name)}
-        assert configs == {"fp32, 1", "fp32, 4", "fp16, 1", "fp16, 8", "bf16, 1", "bf16, 8"}
+    vectors = {"fp32, 1", "fp32, 4", "fp16, 1", "fp16, 8", "bf16, 1", "bf16, 8"}
+    assert {r.config for r in _rows(build, "layer_norm_fwd_kernel")} == vectors
+    # the backward: partials in shared memory (true) or in global memory (false)
+    assert {r.config for r in _rows(build, "layer_norm_bwd_kernel")} == {
+        f"{v}, {smem}" for v in vectors for smem in ("true", "false")}
     acts = {r.config.split(", ")[2] for r in _rows(build, "bias_act_kernel")}
     assert acts == {"relu", "gelu", "gelu_tanh"}
     spilled = [f"{r.kernel}<{r.config}> {r.arch}" for r in rows if r.spill_stores or r.spill_loads]
