@@ -1,9 +1,10 @@
 // Binding layer of fastattn._C: input checks, output allocation, stream / device selection.
 //
-// Entry points:
-//   fastattn._C.attention_fwd(q, k, v, mask, mask_kind, causal, scale, key_lengths=None)
-//       -> (out, lse)   (pybind11; with key_lengths (N,) int32 (prefix length or -1 per sequence)
-//       mask is the (N, L_k) bool keep rows and the kernel skips padded key blocks;
+// Every entry point is a torch.library op with a CUDA and a Meta kernel (so torch.compile and
+// fake tensors see each as one op); importing fastattn._C registers them:
+//   torch.ops.fastattn.cuda_attention_fwd_kernel(q, k, v, mask?, mask_kind, causal, scale,
+//       key_lengths?) -> (out, lse)   (with key_lengths (N,) int32 (prefix length or -1 per
+//       sequence) mask is the (N, L_k) bool keep rows and the kernel skips padded key blocks;
 //       wrapped as the op fastattn::cuda_attention_fwd by fastattn/ops/attention_cuda.py,
 //       whose autograd reuses the Triton backward)
 //   torch.ops.fastattn.cuda_layer_norm_fwd(x, residual?, weight?, bias?, eps) -> (y, mean, rstd)
@@ -12,7 +13,8 @@
 //   torch.ops.fastattn.cuda_bias_act_fwd(x, bias?, activation) -> y
 //   torch.ops.fastattn.cuda_bias_act_bwd(dy, x, bias?, activation) -> dx
 //       activation: "relu", "gelu" (erf) or "gelu_tanh"
-// The torch.library ops have CUDA and Meta kernels, so torch.compile sees each as one op.
+//   torch.ops.fastattn.cuda_limit(name) -> int: the kernels' limits ("attention_max_head_dim",
+//       "layer_norm_bwd_max_cols"), read by fastattn/cuda_limits.py (no tensor, no device).
 //
 // Every kernel lives in a .cu file that includes only CUDA headers; this file includes torch.
 #include <c10/cuda/CUDAGuard.h>
@@ -115,8 +117,11 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q_in, con
   TORCH_CHECK_VALUE(lk >= 1 || lq == 0, "k must have at least one key (L_k >= 1)");
   TORCH_CHECK_VALUE(lq < (int64_t{1} << 31) && lk < (int64_t{1} << 31) && n * h < (int64_t{1} << 31),
               "q / k lengths and N * H must be below 2^31");
-  TORCH_CHECK_VALUE(mask_kind >= 0 && mask_kind <= 2, "mask_kind must be 0 (none), 1 (keep) or 2 (add), "
-              "got ", mask_kind);
+  TORCH_CHECK_VALUE(mask_kind == static_cast<int64_t>(MaskKind::kNone) ||
+                        mask_kind == static_cast<int64_t>(MaskKind::kKeep) ||
+                        mask_kind == static_cast<int64_t>(MaskKind::kAdd),
+                    "mask_kind must be 0 (none), 1 (keep) or 2 (add) for the CUDA kernel, got ",
+                    mask_kind);
   TORCH_CHECK_VALUE(std::isfinite(scale), "scale must be finite, got ", scale);
 
   const at::Tensor q = kernel_layout(q_in), k = kernel_layout(k_in), v = kernel_layout(v_in);
@@ -406,10 +411,31 @@ at::Tensor bias_act_bwd_meta(const at::Tensor&, const at::Tensor& x,
   return at::empty(x.sizes(), x.options());
 }
 
+std::tuple<at::Tensor, at::Tensor> attention_fwd_meta(
+    const at::Tensor& q, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+    int64_t, bool, double, const c10::optional<at::Tensor>&) {
+  const int64_t n = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3);
+  return {at::empty({n, lq, h, d}, q.options()).transpose(1, 2),
+          at::empty({n, h, lq}, q.options().dtype(at::kFloat))};
+}
+
+// ------------------------------------------------------------------------------- limits
+
+int64_t cuda_limit(c10::string_view name) {
+  if (name == "attention_max_head_dim") return kAttentionMaxHeadDim;
+  if (name == "layer_norm_bwd_max_cols") return kLayerNormBwdMaxCols;
+  TORCH_CHECK_VALUE(false, "name must be 'attention_max_head_dim' or 'layer_norm_bwd_max_cols', "
+                    "got '", std::string(name.data(), name.size()), "'");
+  return 0;
+}
+
 }  // namespace
 }  // namespace fastattn
 
 TORCH_LIBRARY_FRAGMENT(fastattn, m) {
+  m.def("cuda_attention_fwd_kernel(Tensor q, Tensor k, Tensor v, Tensor? mask, int mask_kind, "
+        "bool causal, float scale, Tensor? key_lengths=None) -> (Tensor, Tensor)");
+  m.def("cuda_limit(str name) -> int", &fastattn::cuda_limit);
   m.def("cuda_layer_norm_fwd(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, "
         "float eps) -> (Tensor, Tensor, Tensor)");
   m.def("cuda_layer_norm_bwd(Tensor dy, Tensor x, Tensor? residual, Tensor? weight, "
@@ -419,6 +445,7 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastattn, CUDA, m) {
+  m.impl("cuda_attention_fwd_kernel", &fastattn::attention_forward);
   m.impl("cuda_layer_norm_fwd", &fastattn::layer_norm_forward);
   m.impl("cuda_layer_norm_bwd", &fastattn::layer_norm_backward);
   m.impl("cuda_bias_act_fwd", &fastattn::bias_act_forward);
@@ -426,37 +453,14 @@ TORCH_LIBRARY_IMPL(fastattn, CUDA, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastattn, Meta, m) {
+  m.impl("cuda_attention_fwd_kernel", &fastattn::attention_fwd_meta);
   m.impl("cuda_layer_norm_fwd", &fastattn::layer_norm_fwd_meta);
   m.impl("cuda_layer_norm_bwd", &fastattn::layer_norm_bwd_meta);
   m.impl("cuda_bias_act_fwd", &fastattn::bias_act_fwd_meta);
   m.impl("cuda_bias_act_bwd", &fastattn::bias_act_bwd_meta);
 }
 
-// c10::ValueError / TypeError -> Python ValueError / TypeError (the torch.ops path does this
-// itself; a plain pybind11 function would otherwise raise RuntimeError).
-std::tuple<at::Tensor, at::Tensor> attention_fwd_py(const at::Tensor& q, const at::Tensor& k,
-                                                    const at::Tensor& v,
-                                                    const c10::optional<at::Tensor>& mask,
-                                                    int64_t mask_kind, bool causal, double scale,
-                                                    const c10::optional<at::Tensor>& key_lengths) {
-  try {
-    return fastattn::attention_forward(q, k, v, mask, mask_kind, causal, scale, key_lengths);
-  } catch (const c10::ValueError& e) {
-    throw pybind11::value_error(e.what_without_backtrace());
-  } catch (const c10::TypeError& e) {
-    throw pybind11::type_error(e.what_without_backtrace());
-  }
-}
-
+// The Python module only hosts the registrations above: it has no entry point of its own.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fastattn CUDA C++ kernels: attention forward, LayerNorm, bias + activation";
-  m.def("attention_fwd", &attention_fwd_py,
-        "attention_fwd(q, k, v, mask, mask_kind, causal, scale, key_lengths=None) -> (out, lse); "
-        "q (N, H, L_q, D) fp16/bf16, out (N, H, L_q, D) stored as (N, L_q, H, D), lse (N, H, L_q) "
-        "fp32; with key_lengths (N,) int32, mask is the (N, L_k) bool keep rows",
-        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("mask_kind"),
-        py::arg("causal"), py::arg("scale"), py::arg("key_lengths") = py::none());
-  m.attr("ATTENTION_HEAD_DIMS") = py::make_tuple(32, 64, 128);
-  m.attr("ATTENTION_MAX_HEAD_DIM") = fastattn::kAttentionMaxHeadDim;
-  m.attr("LAYER_NORM_BWD_MAX_COLS") = fastattn::kLayerNormBwdMaxCols;
+  m.doc() = "fastattn CUDA C++ kernels, registered as torch.ops.fastattn.cuda_* (see bindings.cpp)";
 }

@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
+from fastattn.enums import ACTIVATION_NAMES
+
 ARCHS = ("sm_80", "sm_90a")
 
 # The attention forward's compiled (mask path, mask dtype) pairs, mirroring
@@ -149,7 +151,7 @@ def _demangle(names: Sequence[str]) -> List[str]:
 
 
 _SHORT_TYPES = (("__nv_bfloat16", "bf16"), ("__half", "fp16"), ("float", "fp32"))
-_ACTIVATIONS = {"0": "relu", "1": "gelu", "2": "gelu_tanh"}
+_ACTIVATIONS = {str(int(code)): name for name, code in ACTIVATION_NAMES.items()}
 # Enum template arguments as c++filt prints them, "(fastattn::FwdMask)1", -> names.
 _ENUMS = {"Activation": _ACTIVATIONS,
           "FwdMask": {str(i): name for i, name in enumerate(FWD_MASKS)},

@@ -35,7 +35,8 @@ from fastattn.ops.attention import draw_dropout_seed, triton_attention
 from fastattn.ops.feedforward import feedforward_fwd_op
 from fastattn.ops.launch import last_dim_contiguous
 from fastattn.ops.layer_norm import layer_norm_fwd_op
-from fastattn.ops.layer_norm_cuda import CUDA_MAX_HIDDEN, cuda_layer_norm
+from fastattn.cuda_limits import cuda_limit
+from fastattn.ops.layer_norm_cuda import cuda_layer_norm
 from fastattn.ops.varlen import varlen_attention_fwd_op
 from fastattn.padding import pad_input, unpad_input  # noqa: F401  (public through here too)
 from fastattn.torch_paths import (torch_attention, torch_feedforward, torch_layer_norm,
@@ -404,8 +405,9 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
         x, residual, weight, bias = up(x), up(residual), up(weight), up(bias)
     _check_layer_norm(x, shape, weight, bias, eps, residual)
     n = math.prod(shape)
-    # the CUDA extension has kernels for rows of up to CUDA_MAX_HIDDEN elements
-    chosen = choose_backend("layer_norm", backend, x.device, cuda_kernel=n <= CUDA_MAX_HIDDEN,
+    # the CUDA extension has kernels for rows of up to its layer_norm_bwd_max_cols elements
+    cuda_kernel = n <= cuda_limit("layer_norm_bwd_max_cols")
+    chosen = choose_backend("layer_norm", backend, x.device, cuda_kernel=cuda_kernel,
                             refusal=kernel_refusal(x, "x", what="fused LayerNorm kernels"))
     if chosen == "torch":
         return torch_layer_norm(x, shape, weight, bias, eps, residual)

@@ -5,6 +5,8 @@
 namespace fastattn {
 namespace {
 
+static_assert(kAttentionMaxHeadDim == 128, "run_for_head_dim's largest head dim is the limit");
+
 template <DType kDType, FwdMask kMask, MaskDType kMaskDType>
 cudaError_t run_for_head_dim(const AttentionFwdParams& params, cudaStream_t stream) {
   const int d = params.head_dim;

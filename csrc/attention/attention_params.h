@@ -5,11 +5,9 @@
 #include <stdint.h>
 
 #include "common/dtypes.h"
+#include "common/enums.h"
 
 namespace fastattn {
-
-// Mask kind as the binding receives it (op-level mask_kind 0 / 1 / 2).
-enum class MaskKind : int { kNone = 0, kKeep = 1, kAdd = 2 };
 
 // Mask path a forward kernel is compiled for (a template parameter, with the mask dtype):
 //   kNone        no mask
@@ -52,8 +50,8 @@ struct AttentionFwdParams {
 template <DType kDType, int kHeadDim, FwdMask kMask, MaskDType kMaskDType>
 cudaError_t run_attention_fwd(const AttentionFwdParams& params, cudaStream_t stream);
 
-// Head dims the kernel is compiled for; head_dim is rounded up to the next one.
-constexpr int kAttentionHeadDims[] = {32, 64, 128};
+// Largest head_dim of the compiled kernels (attention_dispatch.cpp instantiates head dims 32,
+// 64 and 128; head_dim is rounded up to the next one).
 constexpr int kAttentionMaxHeadDim = 128;
 
 // Picks the instantiation for params.head_dim, dtype (fp16 / bf16), kernel_mask and mask_dtype.

@@ -113,6 +113,7 @@ cudaError_t dispatch_bias_act(const BiasActParams& p, Activation a, DType dtype,
       return launch_bias_act<T, Activation::kGeluErf, BACKWARD>(p, stream);                     \
     case Activation::kGeluTanh:                                                                 \
       return launch_bias_act<T, Activation::kGeluTanh, BACKWARD>(p, stream);                    \
+    case Activation::kNone: break; /* the binding never passes it */                            \
   }                                                                                             \
   break;
   switch (dtype) {

@@ -9,10 +9,9 @@
 #include <stdint.h>
 
 #include "common/dtypes.h"
+#include "common/enums.h"
 
 namespace fastattn {
-
-enum class Activation : int { kReLU = 0, kGeluErf = 1, kGeluTanh = 2 };
 
 struct BiasActParams {
   const void* x;     // (rows, cols)

@@ -13,8 +13,10 @@
 // per row it reduces sum(g) and sum(g * xhat) (g = dy * weight) over the block, writes dh, and
 // adds dy * xhat and dy into per-block dweight / dbias partials kept in shared memory (each
 // column owned by one thread, so no atomics); a second kernel sums the partials over blocks in
-// a fixed order.  The result is bitwise reproducible, at the price of 2 * cols * 4 bytes of
-// shared memory per block (hence kLayerNormBwdMaxCols).
+// a fixed order.  The result is bitwise reproducible.  The partials take 2 * cols * 4 bytes of
+// shared memory per block; where that exceeds the device's limit (sm_86 / 89 / 120 allow
+// 99 KiB, i.e. about 12,600 columns) the block accumulates in its own rows of the global
+// partials scratch instead (layer_norm_bwd_launch), with the same order and the same result.
 #pragma once
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -133,19 +135,26 @@ __global__ void layer_norm_fwd_kernel(const LayerNormFwdParams p) {
 }
 
 // Block `blockIdx.x` handles rows [blockIdx.x * rows_per_part, ...) and writes its dweight /
-// dbias partial sums to partials[0 or 1][blockIdx.x][:].
-template <typename T, int VEC>
+// dbias partial sums to partials[0 or 1][blockIdx.x][:].  SMEM_PARTIALS: accumulate them in
+// dynamic shared memory (2 * cols fp32, laid out [VEC][n_vec] so that a warp's accesses hit
+// distinct banks) and copy them out at the end; otherwise accumulate in place in `partials`
+// (natural column order; each column is read and written by its owning thread only).
+template <typename T, int VEC, bool SMEM_PARTIALS>
 __global__ void layer_norm_bwd_kernel(const LayerNormBwdParams p, int rows_per_part) {
-  extern __shared__ float s_acc[];  // dweight then dbias partials: [2][VEC][n_vec]
-  __shared__ float s_red[64];
+  extern __shared__ float s_acc[];  // SMEM_PARTIALS: dweight then dbias partials [2][VEC][n_vec]
+  __shared__ float s_red[kLayerNormBwdStaticSmem / sizeof(float)];
   const T* dy = static_cast<const T*>(p.dy);
   const T* x = static_cast<const T*>(p.x);
   const T* residual = static_cast<const T*>(p.residual);
   const T* weight = static_cast<const T*>(p.weight);
   T* dx = static_cast<T*>(p.dx);
   const int n_vec = p.cols / VEC;
-  float* s_dw = s_acc;
-  float* s_db = s_acc + p.cols;
+  const int64_t parts = gridDim.x;
+  float* s_dw = SMEM_PARTIALS ? s_acc : p.partials + blockIdx.x * static_cast<int64_t>(p.cols);
+  float* s_db = SMEM_PARTIALS ? s_acc + p.cols
+                              : p.partials + (parts + blockIdx.x) * static_cast<int64_t>(p.cols);
+  // Accumulator slot of column i * VEC + e (vector i, element e).
+  auto slot = [n_vec](int i, int e) { return SMEM_PARTIALS ? e * n_vec + i : i * VEC + e; };
   for (int c = threadIdx.x; c < p.cols; c += blockDim.x) {
     s_dw[c] = 0.f;
     s_db[c] = 0.f;
@@ -167,8 +176,8 @@ __global__ void layer_norm_bwd_kernel(const LayerNormBwdParams p, int rows_per_p
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         const float xhat = (h[e] - mean) * rstd;
-        s_dw[e * n_vec + i] += g[e] * xhat;  // column i * VEC + e, owned by this thread
-        s_db[e * n_vec + i] += g[e];
+        s_dw[slot(i, e)] += g[e] * xhat;  // column i * VEC + e, owned by this thread
+        s_db[slot(i, e)] += g[e];
         const float ge = g[e] * (weight != nullptr ? wv[e] : 1.f);
         sum_g += ge;
         sum_gx += ge * xhat;
@@ -190,8 +199,8 @@ __global__ void layer_norm_bwd_kernel(const LayerNormBwdParams p, int rows_per_p
       store_float<T, VEC>(dx + base + i * VEC, h);
     }
   }
+  if (!SMEM_PARTIALS) return;  // already in place
   __syncthreads();
-  const int64_t parts = gridDim.x;
   for (int c = threadIdx.x; c < p.cols; c += blockDim.x) {
     // shared layout [VEC][n_vec] -> column (c % n_vec) * VEC + c / n_vec
     const int col = (c % n_vec) * VEC + c / n_vec;

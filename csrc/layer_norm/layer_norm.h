@@ -12,9 +12,31 @@
 
 namespace fastattn {
 
-// Largest cols the backward supports: its per-block dweight / dbias partials live in shared
-// memory (2 * cols fp32).
+// Largest cols the backward supports (its dweight / dbias partials scratch holds
+// 2 * layer_norm_bwd_parts(rows) * cols fp32).
 constexpr int kLayerNormBwdMaxCols = 16384;
+
+// Static shared memory of the backward kernel: the block reduction's 64 fp32 slots.
+constexpr int kLayerNormBwdStaticSmem = 64 * 4;
+
+// Where a backward block accumulates its dweight / dbias partials (2 * cols fp32):
+//   in dynamic shared memory when that fits the device's per-block opt-in limit (all cols on
+//   sm_80 / sm_90, up to about 12,600 on sm_86 / 89 / 120 whose limit is 99 KiB), else directly
+//   in the block's own rows of the global `partials` scratch (L1 / L2 traffic, no size limit).
+// Both accumulate every column in the same row order, so the results are bitwise equal.
+struct LayerNormBwdLaunch {
+  bool smem_partials;
+  int dynamic_smem;  // bytes: 2 * cols * 4 with smem_partials, else 0
+};
+
+// The launch configuration for `cols` on a device whose opt-in shared memory per block
+// (cudaDevAttrMaxSharedMemoryPerBlockOptin) is `max_smem_optin` bytes.
+inline LayerNormBwdLaunch layer_norm_bwd_launch(int cols, int max_smem_optin) {
+  const long long partials = 2LL * cols * 4;
+  if (partials + kLayerNormBwdStaticSmem <= max_smem_optin)
+    return {true, static_cast<int>(partials)};
+  return {false, 0};
+}
 
 struct LayerNormFwdParams {
   const void* x;         // (rows, cols)

@@ -11,19 +11,34 @@ int64_t rows_per_part(int64_t rows) {
   return (rows + parts - 1) / parts;
 }
 
+// The current device's opt-in shared memory per block (bytes).
+cudaError_t max_smem_optin(int* bytes) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  return cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+}
+
 template <typename T, int VEC>
 cudaError_t launch_bwd_vec(const LayerNormBwdParams& p, cudaStream_t stream) {
   const int parts = layer_norm_bwd_parts(p.rows);
   const int threads = ln::threads_for(p.cols / VEC);
-  const size_t smem = 2 * static_cast<size_t>(p.cols) * sizeof(float);
-  if (smem > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(ln::layer_norm_bwd_kernel<T, VEC>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem));
+  const int per_part = static_cast<int>(rows_per_part(p.rows));
+  int optin = 0;
+  cudaError_t err = max_smem_optin(&optin);
+  if (err != cudaSuccess) return err;
+  const LayerNormBwdLaunch cfg = layer_norm_bwd_launch(p.cols, optin);
+  if (!cfg.smem_partials) {
+    ln::layer_norm_bwd_kernel<T, VEC, false><<<parts, threads, 0, stream>>>(p, per_part);
+    return cudaGetLastError();
+  }
+  if (cfg.dynamic_smem + kLayerNormBwdStaticSmem > 48 * 1024) {
+    err = cudaFuncSetAttribute(ln::layer_norm_bwd_kernel<T, VEC, true>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, cfg.dynamic_smem);
     if (err != cudaSuccess) return err;
   }
-  ln::layer_norm_bwd_kernel<T, VEC><<<parts, threads, smem, stream>>>(
-      p, static_cast<int>(rows_per_part(p.rows)));
+  ln::layer_norm_bwd_kernel<T, VEC, true><<<parts, threads, cfg.dynamic_smem, stream>>>(
+      p, per_part);
   return cudaGetLastError();
 }
 

@@ -66,7 +66,9 @@ def _dropout_keep(seed, bh, offs_m, start_n, dropout_p, BLOCK_N: tl.constexpr,
     k1 = (tl.uint_to_uniform_float(r1) >= dropout_p).to(tl.int8)
     k2 = (tl.uint_to_uniform_float(r2) >= dropout_p).to(tl.int8)
     k3 = (tl.uint_to_uniform_float(r3) >= dropout_p).to(tl.int8)
-    keep = tl.join(tl.join(k0, k1), tl.join(k2, k3))  # [i, g, a, b] = k_(2a + b)[i, g]
+    # tl.join stacks along a new minor dim: [i, g, a, b] = k_(a + 2b)[i, g], so that the
+    # reshape puts output t at key 4g + t
+    keep = tl.join(tl.join(k0, k2), tl.join(k1, k3))
     keep = tl.reshape(keep, (offs_m.shape[0], BLOCK_N))
     if KEYS_FIRST:
         keep = tl.trans(keep)

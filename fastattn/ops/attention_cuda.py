@@ -32,20 +32,20 @@ from typing import Optional, Tuple
 
 import torch
 
+from fastattn.cuda_limits import cuda_limit
 from fastattn.ops.attention import _backward, _setup_context, triton_attention
 from fastattn.ops.key_lengths import key_padding_lengths
 
 CUDA_DTYPES = (torch.float16, torch.bfloat16)
-CUDA_MAX_HEAD_DIM = 128
 
 
 KEEP = 1  # op-level mask_kind of a keep mask (mask == 0 -> -1e10)
 
 
 def _extension():
-    from fastattn import _C
+    import fastattn._C  # noqa: F401  (registers torch.ops.fastattn.cuda_attention_fwd_kernel)
 
-    return _C
+    return torch.ops.fastattn
 
 
 def key_padding_rows(mask: Optional[torch.Tensor], mask_kind: int, batch: int,
@@ -78,8 +78,8 @@ def cuda_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           mask: Optional[torch.Tensor], mask_kind: int, causal: bool,
                           scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     kernel_mask, key_lengths = kernel_mask_args(mask, mask_kind, q.shape[0], k.shape[2])
-    return _extension().attention_fwd(q, k, v, kernel_mask, mask_kind, causal, scale,
-                                      key_lengths)
+    return _extension().cuda_attention_fwd_kernel(q, k, v, kernel_mask, mask_kind, causal,
+                                                  scale, key_lengths)
 
 
 @cuda_attention_fwd_op.register_fake
@@ -99,7 +99,7 @@ MASK_EXCLUDE = 3  # torch's bool attn_mask (mask == 0 -> -inf): the Triton kerne
 
 def runs_cuda_kernel(q: torch.Tensor, mask_kind: int = 0) -> bool:
     """True when :func:`cuda_attention` runs the CUDA kernel for ``q`` (else Triton)."""
-    return (q.dtype in CUDA_DTYPES and q.shape[-1] <= CUDA_MAX_HEAD_DIM
+    return (q.dtype in CUDA_DTYPES and q.shape[-1] <= cuda_limit("attention_max_head_dim")
             and mask_kind != MASK_EXCLUDE)
 
 

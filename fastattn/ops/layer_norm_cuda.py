@@ -4,8 +4,8 @@
     fastattn::cuda_layer_norm_bwd(dy, x, residual?, weight?, mean, rstd, bias_grad)
         -> (dx, dweight, dbias)        # dx is the gradient of x + residual
 
-Rows of more than ``CUDA_MAX_HIDDEN`` elements (the backward keeps per-block dW/dB partials in
-shared memory) run on the Triton kernels instead.  Inputs are validated by
+Rows of more than ``cuda_limit("layer_norm_bwd_max_cols")`` elements
+(:mod:`fastattn.cuda_limits`) run on the Triton kernels instead.  Inputs are validated by
 :func:`fastattn.ops.layer_norm.layer_norm`.
 """
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-
-CUDA_MAX_HIDDEN = 16384
 
 
 def _ops():

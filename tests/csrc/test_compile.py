@@ -127,9 +127,11 @@ def test_layer_norm_and_bias_act_compile_without_spills(build):
                "bias_act_kernel"}
     rows = [r for r in build["rows"] if r.kernel in kernels]
     assert {r.kernel for r in rows} == kernels
-    for name in ("layer_norm_fwd_kernel", "layer_norm_bwd_kernel"):
-        configs = {r.config for r in _rows(build, name)}
-        assert configs == {"fp32, 1", "fp32, 4", "fp16, 1", "fp16, 8", "bf16, 1", "bf16, 8"}
+    vectors = {"fp32, 1", "fp32, 4", "fp16, 1", "fp16, 8", "bf16, 1", "bf16, 8"}
+    assert {r.config for r in _rows(build, "layer_norm_fwd_kernel")} == vectors
+    # the backward: partials in shared memory (true) or in global memory (false)
+    assert {r.config for r in _rows(build, "layer_norm_bwd_kernel")} == {
+        f"{v}, {smem}" for v in vectors for smem in ("true", "false")}
     acts = {r.config.split(", ")[2] for r in _rows(build, "bias_act_kernel")}
     assert acts == {"relu", "gelu", "gelu_tanh"}
     spilled = [f"{r.kernel}<{r.config}> {r.arch}" for r in rows if r.spill_stores or r.spill_loads]
@@ -166,8 +168,8 @@ ptxas info    : Compiling entry function '_ZN8fastattn4attn20attention_fwd_kerne
 ptxas info    : Function properties for _ZN8fastattn4attn20attention_fwd_kernelI6__halfLi64EEEvNS_18AttentionFwdParamsE
     8 bytes stack frame, 12 bytes spill stores, 16 bytes spill loads
 ptxas info    : Used 134 registers, used 1 barriers, 24576 bytes smem, 568 bytes cmem[0]
-ptxas info    : Compiling entry function '_ZN8fastattn3act15bias_act_kernelIfLi4ELNS_10ActivationE2ELb1EEEvNS_13BiasActParamsE' for 'sm_90a'
-ptxas info    : Function properties for _ZN8fastattn3act15bias_act_kernelIfLi4ELNS_10ActivationE2ELb1EEEvNS_13BiasActParamsE
+ptxas info    : Compiling entry function '_ZN8fastattn3act15bias_act_kernelIfLi4ELNS_10ActivationE3ELb1EEEvNS_13BiasActParamsE' for 'sm_90a'
+ptxas info    : Function properties for _ZN8fastattn3act15bias_act_kernelIfLi4ELNS_10ActivationE3ELb1EEEvNS_13BiasActParamsE
     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
 ptxas info    : Used 30 registers, used 0 barriers, 392 bytes cmem[0]
 """

@@ -278,23 +278,24 @@ def test_key_padding_forms_and_dtypes_read_the_same(dtype):
 
 @needs_gpu
 def test_key_lengths_argument_is_checked():
-    C = pytest.importorskip("fastattn._C")
+    pytest.importorskip("fastattn._C")
+    fwd = torch.ops.fastattn.cuda_attention_fwd_kernel
     q, k, v = _inputs(2, 1, 5, 7, 64, torch.float16)
     keep = torch.ones(2, 7, dtype=torch.bool, device=DEV)
     lengths = key_padding_lengths(keep)
-    out, _ = C.attention_fwd(q, k, v, keep, KEEP, False, 0.1, lengths)
-    torch.testing.assert_close(out, C.attention_fwd(q, k, v, None, NONE, False, 0.1)[0],
+    out, _ = fwd(q, k, v, keep, KEEP, False, 0.1, lengths)
+    torch.testing.assert_close(out, fwd(q, k, v, None, NONE, False, 0.1)[0],
                                rtol=0, atol=ATOL[torch.float16])
     with pytest.raises(ValueError, match="key_lengths must be"):
-        C.attention_fwd(q, k, v, keep, KEEP, False, 0.1, lengths.long())
+        fwd(q, k, v, keep, KEEP, False, 0.1, lengths.long())
     with pytest.raises(ValueError, match="key_lengths must be"):
-        C.attention_fwd(q, k, v, keep, KEEP, False, 0.1, lengths[:1])
+        fwd(q, k, v, keep, KEEP, False, 0.1, lengths[:1])
     with pytest.raises(ValueError, match="key_lengths needs a keep mask"):
-        C.attention_fwd(q, k, v, keep.half(), ADD, False, 0.1, lengths)
+        fwd(q, k, v, keep.half(), ADD, False, 0.1, lengths)
     with pytest.raises(ValueError, match=r"\(N, L_k\)"):
-        C.attention_fwd(q, k, v, keep[:, None, None, :], KEEP, False, 0.1, lengths)
+        fwd(q, k, v, keep[:, None, None, :], KEEP, False, 0.1, lengths)
     with pytest.raises(TypeError, match="bool or uint8"):
-        C.attention_fwd(q, k, v, keep.float(), KEEP, False, 0.1, lengths)
+        fwd(q, k, v, keep.float(), KEEP, False, 0.1, lengths)
 
 
 @needs_gpu
@@ -388,25 +389,25 @@ def test_torch_compile_sees_one_op():
 
 @needs_gpu
 def test_bad_inputs_name_the_argument():
-    C = pytest.importorskip("fastattn._C")
+    pytest.importorskip("fastattn._C")
+    fwd = torch.ops.fastattn.cuda_attention_fwd_kernel
     q, k, v = _inputs(1, 1, 5, 7, 64, torch.float16)
     with pytest.raises(ValueError, match="head_dim"):
-        C.attention_fwd(*_inputs(1, 1, 5, 7, 136, torch.float16), None, NONE, False, 0.1)
+        fwd(*_inputs(1, 1, 5, 7, 136, torch.float16), None, NONE, False, 0.1)
     with pytest.raises(TypeError, match="q must be"):
-        C.attention_fwd(q.float(), k.float(), v.float(), None, NONE, False, 0.1)
+        fwd(q.float(), k.float(), v.float(), None, NONE, False, 0.1)
     with pytest.raises(TypeError, match="k and v"):
-        C.attention_fwd(q, k.bfloat16(), v, None, NONE, False, 0.1)
+        fwd(q, k.bfloat16(), v, None, NONE, False, 0.1)
     with pytest.raises(ValueError, match="k must have shape"):
-        C.attention_fwd(q, k[:, :, :, :32], v, None, NONE, False, 0.1)
+        fwd(q, k[:, :, :, :32], v, None, NONE, False, 0.1)
     with pytest.raises(ValueError, match="mask of shape"):
-        C.attention_fwd(q, k, v, torch.ones(1, 1, 5, 6, device=DEV), KEEP, False, 0.1)
+        fwd(q, k, v, torch.ones(1, 1, 5, 6, device=DEV), KEEP, False, 0.1)
     with pytest.raises(TypeError, match="additive mask"):
-        C.attention_fwd(q, k, v, torch.ones(1, 7, dtype=torch.bool, device=DEV), ADD, False,
-                        0.1)
+        fwd(q, k, v, torch.ones(1, 7, dtype=torch.bool, device=DEV), ADD, False, 0.1)
     with pytest.raises(ValueError, match="mask must be given"):
-        C.attention_fwd(q, k, v, None, KEEP, False, 0.1)
+        fwd(q, k, v, None, KEEP, False, 0.1)
     with pytest.raises(ValueError, match="k must be a CUDA tensor"):
-        C.attention_fwd(q, k.cpu(), v, None, NONE, False, 0.1)
+        fwd(q, k.cpu(), v, None, NONE, False, 0.1)
     with pytest.raises(ValueError, match="residual"):
         x = torch.randn(4, 8, device=DEV)
         torch.ops.fastattn.cuda_layer_norm_fwd(x, x[:, :4], None, None, 1e-5)

@@ -1,19 +1,24 @@
 """Attention dropout in the Triton kernels.
 
-Exactness: the kernels' keep mask for a seed is written out by ``dropout_keep_mask``; the
-float64 reference given that same mask must match the kernel's output and gradients within the
-tolerance table (so the backward regenerates the forward's mask).  Statistics: the keep rate is
-1 - p, masks are independent across batch, heads and rows, and the expected output is the
-output without dropout.
+Exactness: the keep mask of a seed is drawn independently of the kernels, by the numpy
+Philox-4x32-10 of tests/philox_reference.py (checked against Random123's known answers) under
+the kernels' documented counter layout; the float64 reference given that mask must match the
+kernel's output and gradients within the tolerance table (so the forward and the backward
+draw exactly that mask), and the mask the kernels write out (``dropout_keep_mask``) must equal
+it bit for bit.  Triton's own tl.philox and tl.uint_to_uniform_float are checked against the
+known answers and the reference map.  Statistics: the keep rate is 1 - p, masks are independent
+across batch, heads and rows, and the expected output is the output without dropout.
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import fastattn
 from fastattn.ops.attention import draw_dropout_seed, dropout_keep_mask, triton_attention
 from fastattn.reference import attention_reference
+from tests import philox_reference
 from tests.helpers import DEVICE, DTYPES, GRAD_FACTOR, assert_close_to_reference
 
 NONE, KEEP, ADD, EXCLUDE = 0, 1, 2, 3  # op-level mask kinds (fastattn.functional)
@@ -77,7 +82,7 @@ def test_matches_reference_given_the_same_mask(case, dtype):
     dout = torch.randn_like(out)
     grads = torch.autograd.grad(out, qkv, dout)
 
-    keep = dropout_keep_mask(seed, (n, h, lq, lk), p)
+    keep = philox_reference.dropout_keep_mask(int(seed), (n, h, lq, lk), p).to(DEVICE)
     assert 0 < keep.sum() < keep.numel() or keep.numel() == 1
     results = {}
     for ref_dtype in (torch.float64, dtype):
@@ -92,6 +97,65 @@ def test_matches_reference_given_the_same_mask(case, dtype):
     # and the mask matters: without dropout the output is far from this one
     plain = triton_attention(q, k, v, mask, kind, causal, None)
     assert (plain - out).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("seed,shape,p", [
+    (20261129, (2, 3, 17, 33), 0.3),
+    (2 ** 40 + 1, (1, 2, 70, 13), 0.5),  # both key words non-zero
+    (-7, (1, 1, 5, 129), 0.1),  # a negative int64 seed: its two's complement bits are the key
+    (3, (3, 1, 1, 1), 0.9),
+], ids=["N2H3Lq17Lk33", "seed2^40+1", "negative-seed", "single-element"])
+def test_kernel_mask_matches_an_independent_philox(seed, shape, p):
+    got = dropout_keep_mask(_seed(seed), shape, p).cpu()
+    want = philox_reference.dropout_keep_mask(seed, shape, p)
+    bad = (got != want).nonzero()
+    assert bad.numel() == 0, (f"{len(bad)} of {got.numel()} elements differ, first at "
+                              f"{bad[:5].tolist()}")
+
+
+def test_triton_philox_and_uniform_map_match_the_reference():
+    """tl.philox (seed -> key (low word, high word)) against Random123's known answers, and
+    tl.uint_to_uniform_float against the reference map, in a small kernel."""
+    triton = pytest.importorskip("triton")
+    import triton.language as tl
+
+    @triton.jit
+    def philox_words(SEED, C, OUT, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        seed = tl.load(SEED)
+        r0, r1, r2, r3 = tl.philox(seed, tl.load(C + 4 * offs), tl.load(C + 4 * offs + 1),
+                                   tl.load(C + 4 * offs + 2), tl.load(C + 4 * offs + 3))
+        for t, r in enumerate((r0, r1, r2, r3)):
+            tl.store(OUT + 4 * offs + t, r.to(tl.int32, bitcast=True))
+
+    @triton.jit
+    def uniforms(X, OUT, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        tl.store(OUT + offs, tl.uint_to_uniform_float(tl.load(X + offs).to(tl.uint32,
+                                                                            bitcast=True)))
+
+    def as_i32(words):
+        return torch.tensor(np.asarray(words, dtype=np.uint32).view(np.int32).astype(np.int64),
+                            dtype=torch.int32, device=DEVICE)
+
+    for counter, key, expected in (
+            ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+            ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6,
+                                                    0x6D5451FD)),
+            ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+             (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))):
+        seed = np.array([key[0] | key[1] << 32], dtype=np.uint64).view(np.int64)[0]
+        out = torch.empty(4, dtype=torch.int32, device=DEVICE)
+        philox_words[(1,)](_seed(int(seed)), as_i32(counter), out, N=1)
+        got = out.cpu().numpy().view(np.uint32).tolist()
+        assert got == list(expected), [hex(w) for w in got]
+        assert got == [int(w) for w in philox_reference.philox4x32(counter, key)]
+
+    words = np.array([0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x12345678, 0xDEADBEEF],
+                     dtype=np.uint32)
+    out = torch.empty(len(words), dtype=torch.float32, device=DEVICE)
+    uniforms[(1,)](as_i32(words), out, N=len(words))
+    assert out.cpu().numpy().tolist() == philox_reference.uniform(words).tolist()
 
 
 def test_keep_rate_and_independence():
