@@ -32,13 +32,13 @@ import torch
 
 from fastattn.backends import interpreter_enabled, resolve_backend
 from fastattn.ops.attention_sdpa import sdpa_varlen
-from fastattn.functional import (_check_causal, _check_dropout, _check_kernel_inputs,
-                                 _check_scale, _torch_path)
+from fastattn.functional import (_check_causal, _check_dropout, _check_heads,
+                                 _check_kernel_inputs, _check_scale, _torch_path)
 from fastattn.kernels.attention_configs import block_d_for
 from fastattn.kernels.attention_varlen_configs import (
     INTERPRETER_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M, pick_varlen_config)
-from fastattn.ops.attention import (_DTYPE_NAMES, _precision, _seed_arg, _smem_limit,
-                                    draw_dropout_seed)
+from fastattn.ops.attention import (CAUSAL_BOTTOM_RIGHT, _DTYPE_NAMES, _precision, _seed_arg,
+                                    _smem_limit, draw_dropout_seed)
 from fastattn.ops.launch import (
     cdiv, ensure_tma_allocator, last_dim_contiguous, launch_on, tma_compatible, tma_supported)
 
@@ -53,7 +53,7 @@ def _config(kernel: str, q: torch.Tensor, max_seqlen: int, dropout: bool):
 
 # ------------------------------------------------------------------------------ launchers
 
-def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, scale: float,
+def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: int, scale: float,
                    dropout_p: float = 0.0, seed: Optional[torch.Tensor] = None):
     """Launch the forward kernel; returns (out (total_q, H, D), lse (H, total_q) fp32)."""
     from fastattn.kernels.attention_varlen import varlen_attention_fwd_kernel
@@ -79,23 +79,26 @@ def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, sc
         varlen_attention_fwd_kernel[grid](
             q, k, v, out, lse, cu_q, cu_k, _seed_arg(seed, lse, dropout_p),
             *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *out.stride()[:2],
-            h, total_q, max_q, d, scale * LOG2E, float(dropout_p),
+            h, h // k.shape[1], total_q, max_q, d, int(causal == CAUSAL_BOTTOM_RIGHT),
+            scale * LOG2E, float(dropout_p),
             CAUSAL=bool(causal), EVEN_D=d == block_d, TMA=tma, PRECISION=_precision(q.dtype),
             DROPOUT=dropout_p > 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse
 
 
-def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int, causal: bool,
+def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int, causal: int,
                     scale: float, dropout_p: float = 0.0, seed: Optional[torch.Tensor] = None):
     """Launch the delta preprocess, dK/dV and dQ kernels; returns (dq, dk, dv).
-    Deterministic: no atomics."""
+    Deterministic: no atomics (with H_kv < H, one dK/dV program sums its kv head's query
+    heads in order)."""
     from fastattn.kernels.attention_varlen import (
         attention_bwd_preprocess_kernel, varlen_attention_bwd_dkdv_kernel,
         varlen_attention_bwd_dq_kernel)
 
     q, k, v, out, dout = (last_dim_contiguous(t) for t in (q, k, v, out, dout))
     total_q, h, d = q.shape
+    h_kv = k.shape[1]
     batch = cu_q.shape[0] - 1
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
@@ -109,6 +112,7 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
         ensure_tma_allocator()
     common = dict(CAUSAL=bool(causal), EVEN_D=d == block_d, TMA=tma,
                   PRECISION=_precision(q.dtype), DROPOUT=dropout_p > 0, BLOCK_D=block_d)
+    bottom_right = int(causal == CAUSAL_BOTTOM_RIGHT)
     seed_t = _seed_arg(seed, lse, dropout_p)
     qk_scale = scale * LOG2E
     if max_k <= 0:
@@ -123,11 +127,12 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
             dout.stride(0), h, total_q, d, BLOCK_M=pre_m, BLOCK_D=block_d)
         if max_k > 0:
             cfg = _config("bwd_dkdv", q, max_k, dropout_p > 0)
-            varlen_attention_bwd_dkdv_kernel[(cdiv(max_k, cfg.block_n) * batch * h,)](
+            varlen_attention_bwd_dkdv_kernel[(cdiv(max_k, cfg.block_n) * batch * h_kv,)](
                 q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, seed_t,
                 *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *dout.stride()[:2],
                 *dk.stride()[:2], *dv.stride()[:2],
-                h, total_q, max_k, d, qk_scale, scale, float(dropout_p),
+                h, h // h_kv, total_q, max_k, d, bottom_right, qk_scale, scale,
+                float(dropout_p),
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages, **common)
         if max_q > 0:
@@ -136,7 +141,8 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
                 q, k, v, dout, lse, delta, dq, cu_q, cu_k, seed_t,
                 *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *dout.stride()[:2],
                 *dq.stride()[:2],
-                h, total_q, max_q, d, qk_scale, scale, float(dropout_p),
+                h, h // h_kv, total_q, max_q, d, bottom_right, qk_scale, scale,
+                float(dropout_p),
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages, **common)
     return dq, dk, dv
@@ -147,7 +153,7 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
 @torch.library.custom_op("fastattn::varlen_attention_fwd", mutates_args=())
 def varlen_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
-                            max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                            max_seqlen_q: int, max_seqlen_k: int, causal: int,
                             scale: float, dropout_p: float = 0.0,
                             seed: Optional[torch.Tensor] = None
                             ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +172,7 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, s
 def varlen_attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                             v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                             cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
-                            max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                            max_seqlen_q: int, max_seqlen_k: int, causal: int,
                             scale: float, dropout_p: float = 0.0,
                             seed: Optional[torch.Tensor] = None
                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -218,8 +224,10 @@ def _check_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
     if k.shape != v.shape:
         raise ValueError(f"k and v must have one shape (total_k, H, D), got k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}")
-    if k.shape[1:] != q.shape[1:]:
-        raise ValueError(f"q, k, v must share (H, D); got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if k.shape[2] != q.shape[2]:
+        raise ValueError(f"q, k, v must share head_dim D; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}")
+    _check_heads(q.shape[1], k.shape[1], v.shape[1], True)
     for name, t in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
         if t.dtype != torch.int32:
             raise TypeError(f"{name} must be int32, got {t.dtype}")
@@ -238,10 +246,19 @@ def _check_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
             raise ValueError(f"{name} must be >= 0, got {m}")
 
 
+def _repeat_kv(q, k, v):
+    """k, v with each kv head repeated for its query heads (grouped-query attention)."""
+    if k.shape[1] == q.shape[1]:
+        return k, v
+    group = q.shape[1] // k.shape[1]
+    return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+
+
 def _torch_varlen(q, k, v, cu_q, cu_k, causal, scale, dropout_p=0.0):
     """Plain PyTorch (reads cu_seqlens on the host).  Self-attention on CPU without dropout:
     torch's fused SDPA kernel over length buckets (:func:`fastattn.ops.attention_sdpa.
     sdpa_varlen`); otherwise one sequence at a time through the torch attention path."""
+    k, v = _repeat_kv(q, k, v)
     if q.device.type == "cpu" and dropout_p == 0 and (cu_q is cu_k or torch.equal(cu_q, cu_k)):
         return sdpa_varlen(q, k, v, cu_q, causal, scale)
     outs = []
@@ -266,6 +283,7 @@ def _torch_varlen_traced(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, sc
     gathered into a (B, max_seqlen, H, D) padded batch, attended with a key-padding mask and
     gathered back; rows in no sequence (or past max_seqlen) give 0."""
     batch = cu_q.shape[0] - 1
+    k, v = _repeat_kv(q, k, v)
 
     def to_padded(t, cu, length):
         """(B, H, length, D) of sequence rows (zeros past each end); (B, length) validity."""
@@ -282,6 +300,11 @@ def _torch_varlen_traced(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, sc
     # A sequence without keys attends its zero rows (finite, so no NaN gradient), then gives 0.
     has_keys = key_valid.any(1)[:, None, None, None]
     keep = (key_valid | ~key_valid.any(1, keepdim=True))[:, None, None, :]
+    if causal == CAUSAL_BOTTOM_RIGHT:  # each sequence's own diagonal: j <= i + L_k - L_q
+        offset = ((cu_k[1:] - cu_k[:-1]) - (cu_q[1:] - cu_q[:-1]))[:, None, None, None]
+        pos_q = torch.arange(max_q, device=q.device)[:, None]
+        keep = keep & (torch.arange(max_k, device=q.device)[None, :] <= pos_q + offset)
+        causal = 0
     out = _torch_path(qp, kp, vp, keep, 3, causal, scale, dropout_p)  # 3: True kept, -inf else
     out = torch.where(has_keys, out, 0.0)
     # token i of the packed queries: sequence seq[i], position i - cu_q[seq[i]]
@@ -297,7 +320,7 @@ def _torch_varlen_traced(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, sc
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
-                     max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
+                     max_seqlen_q: int, max_seqlen_k: int, *, causal=False,
                      scale: Optional[float] = None, dropout_p: float = 0.0,
                      backend: Optional[str] = None) -> torch.Tensor:
     """Attention over B sequences packed without padding (like ``flash_attn_varlen_func``).
@@ -308,20 +331,23 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     accepted).  Use :func:`unpad_input` / :func:`pad_input` to move between layouts.
 
     Args:
-        q: (total_q, H, D).  k, v: (total_k, H, D).  Any token / head strides (views into a
-            packed (total, 3, H, D) projection are read in place); the last stride must be 1 or
-            a copy is made.
+        q: (total_q, H, D).  k, v: (total_k, H_kv, D), H a multiple of H_kv (grouped-query
+            attention: query head h attends kv head h // (H // H_kv), K / V not expanded).  Any
+            token / head strides (views into a packed (total, 3, H, D) projection are read in
+            place); the last stride must be 1 or a copy is made.
         cu_seqlens_q, cu_seqlens_k: (B + 1,) int32 on q's device, cumulative lengths starting
             at 0 and ending at total_q / total_k (not checked: that would read the device).
         max_seqlen_q, max_seqlen_k: Python ints >= the longest query / key sequence (a
             smaller value leaves the rows past it uncomputed).  Only the launch grid uses
             them; no device value is read on the host.
-        causal: key j is excluded from query i of the same sequence when j > i (top-left
-            aligned within each sequence)::
+        causal: False, True (= "top_left": key j is excluded from query i of the same
+            sequence when j > i) or "bottom_right" (when j > i + L_k - L_q, the lengths of
+            that sequence: flash-attention's alignment; a query that sees no key gives 0)::
 
-                keys →   0 1 2 3
-                query 0  x . . .
-                query 1  x x . .
+                top_left                   bottom_right
+                keys →   0 1 2 3           keys →   0 1 2 3
+                query 0  x . . .           query 0  x x x .
+                query 1  x x . .           query 1  x x x x
 
         scale: multiplies Q K^T; default 1/sqrt(D).
         dropout_p: attention dropout in [0, 1), as :func:`fastattn.attention`'s (sequence b
@@ -345,16 +371,15 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if chosen == "torch":
         if torch.compiler.is_compiling():
             return _torch_varlen_traced(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                        max_seqlen_k, bool(causal), scale, dropout_p)
-        return _torch_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, bool(causal), scale,
-                             dropout_p)
+                                        max_seqlen_k, causal, scale, dropout_p)
+        return _torch_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, dropout_p)
     if chosen != "triton":
         raise ValueError(f"varlen_attention supports the 'triton' and 'torch' backends, "
                          f"got backend={backend!r}")
     _check_kernel_inputs(q)
     seed = draw_dropout_seed(q.device) if dropout_p > 0 else None
     return varlen_attention_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                   max_seqlen_k, bool(causal), scale, dropout_p, seed)[0]
+                                   max_seqlen_k, causal, scale, dropout_p, seed)[0]
 
 
 # ------------------------------------------------------------------------- pack / unpack
