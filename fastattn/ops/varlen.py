@@ -260,7 +260,7 @@ def _torch_varlen(q, k, v, cu_q, cu_k, causal, scale, dropout_p=0.0):
     sdpa_varlen`); otherwise one sequence at a time through the torch attention path."""
     k, v = _repeat_kv(q, k, v)
     if q.device.type == "cpu" and dropout_p == 0 and (cu_q is cu_k or torch.equal(cu_q, cu_k)):
-        return sdpa_varlen(q, k, v, cu_q, causal, scale)
+        return sdpa_varlen(q, k, v, cu_q, bool(causal), scale)  # one diagonal: L_q == L_k
     outs = []
     bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
     for b in range(len(bounds_q) - 1):

@@ -180,6 +180,12 @@ def test_varlen_torch_backend(lens_q, lens_k, h, h_kv, causal, dtype):
     torch.testing.assert_close(traced, out, atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.parametrize("causal", [False, "bottom_right"])
+def test_varlen_torch_backend_self_attention(causal):
+    """Equal query and key lengths: the torch backend's fused SDPA path."""
+    _varlen_case([7, 12], [7, 12], 4, 2, causal, torch.float32, "torch")
+
+
 def test_bad_causal_and_heads():
     q, k, v = _qkv((1, 6, 5, 16), (1, 4, 5, 16), torch.float32)
     with pytest.raises(ValueError, match="q has 6 heads, k has 4: H_q must be a multiple"):
@@ -199,3 +205,50 @@ def test_bad_causal_and_heads():
     with pytest.raises(ValueError, match="causal"):
         fastattn.varlen_attention(q[0].transpose(0, 1), k[0, :2].transpose(0, 1),
                                   v[0, :2].transpose(0, 1), cu, cu, 5, 5, causal="bottom")
+
+
+def test_transformers_attention_reads_grouped_kv_heads():
+    """The Hugging Face attention function passes grouped K/V heads through (no repeat)."""
+    transformers_integration = pytest.importorskip("fastattn.integrations.transformers")
+    module = torch.nn.Module()
+    module.is_causal, module.fastattn_backend = False, "torch"
+    module.eval()
+    q, k, v = _qkv((1, 6, 9, 16), (1, 2, 9, 16), torch.float32)
+    out, _ = transformers_integration.attention_forward(module, q, k, v, None)
+    want = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    torch.testing.assert_close(out, want.transpose(1, 2))
+
+
+def test_gqa_dropout_uses_the_query_heads_counters():
+    """With grouped K/V heads and dropout, the backward regenerates each query head's own
+    mask (counter bh = z·H_q + h_q): outputs and gradients match the reference given the
+    mask that ``dropout_keep_mask`` writes for the query heads."""
+    from fastattn.ops.attention import dropout_keep_mask, triton_attention
+
+    torch.manual_seed(3)
+    n, h, h_kv, lq, lk, p = 1, 4, 2, 17, 20, 0.3
+    q, k, v = _qkv((n, h, lq, 16), (n, h_kv, lk, 16), torch.float32)
+    seed = torch.tensor([1234], dtype=torch.int64, device=DEVICE)
+    keep = dropout_keep_mask(seed, (n, h, lq, lk), p)
+    _check(lambda q, k, v: triton_attention(q, k, v, None, 0, 2, None, p, seed),
+           lambda q, k, v: attention_reference(q, k, v, causal="bottom_right",
+                                               dropout_mask=keep, dropout_p=p),
+           (q, k, v), torch.float32)
+
+
+def test_transformers_llama_with_grouped_kv_heads_matches_eager():
+    """A tiny Llama (4 query heads, 2 kv heads, causal) on the Triton kernels matches eager."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("fastattn.integrations.transformers")
+    config = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4,
+                                      num_key_value_heads=2, num_hidden_layers=1,
+                                      intermediate_size=64, vocab_size=50,
+                                      max_position_embeddings=32, attn_implementation="eager")
+    torch.manual_seed(0)
+    eager = transformers.LlamaModel(config).eval()
+    ids = torch.randint(0, 50, (2, 11))
+    want = eager(input_ids=ids, use_cache=False).last_hidden_state
+    eager.set_attn_implementation("fastattn")
+    with fastattn.use_backend("triton"):
+        got = eager(input_ids=ids, use_cache=False).last_hidden_state
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
