@@ -163,8 +163,8 @@ def _masked_scores(s, mask_base, stride_mm, stride_mn, rows, cols, L_q, L_k, kv_
     """Base-2 scores s with the mask (when MASKED), the key bound ``j < kv_len`` (when BOUNDS)
     and the causal rule ``j <= i + causal_off`` (when CAUSAL) applied; ``rows`` (i) and
     ``cols`` (j) are the broadcastable index tensors of :func:`_load_mask`, so one function
-    serves the query-major and the key-major tiles.  Returns the scores and, for MASK_KEEP, the keep
-    predicate (scores it replaced have no gradient)."""
+    serves the query-major and the key-major tiles.  Returns the scores and, for MASK_KEEP,
+    the keep predicate (scores it replaced have no gradient)."""
     keep = s == s
     if MASKED:
         mask = _load_mask(mask_base, stride_mm, stride_mn, rows, cols, L_q, L_k, MASK_ROW)
@@ -275,8 +275,12 @@ def _kv_walk_bounds(start_m, kv_len, causal_off, CAUSAL: tl.constexpr, BLOCK_M: 
     a block that sees no key gets hi <= 0 (no tile)."""
     if CAUSAL:
         hi = tl.minimum(kv_len, start_m + BLOCK_M + causal_off)
-        first = tl.maximum(start_m + causal_off + 1, 0)  # keys its first row sees
-        n_int = tl.minimum(kv_len // BLOCK_N, first // BLOCK_N) * BLOCK_N
+        # floor(causal_off / BLOCK_N) + floor((start_m + 1) / BLOCK_N) <= the blocks its first
+        # row sees (a lower bound is enough: the tiles past n_int take the causal test)
+        off_blocks = tl.where(causal_off >= 0, causal_off // BLOCK_N,
+                              -((BLOCK_N - 1 - causal_off) // BLOCK_N))
+        n_int = tl.minimum(kv_len // BLOCK_N,
+                           tl.maximum((start_m + 1) // BLOCK_N + off_blocks, 0)) * BLOCK_N
     else:
         hi = kv_len
         n_int = (kv_len // BLOCK_N) * BLOCK_N
