@@ -14,12 +14,13 @@ from tests.helpers import DEVICE, GRAD_FACTOR, assert_close_to_reference
 FP32 = pytest.param(torch.float32, id="fp32")
 FP16 = pytest.param(torch.float16, id="fp16")
 
-# (L_q, L_k, H_q, H_kv, causal, key-padding lengths or None)
+# (L_q, L_k, H_q, H_kv, causal, key-padding lengths or None: a fully padded row averages V
+# over the keys its causal rule lets it see)
 PADDED = [
     pytest.param(17, 33, 6, 2, "bottom_right", None, id="Lq17-Lk33-H6-Hkv2-bottom_right"),
     pytest.param(33, 17, 6, 1, "bottom_right", None, id="Lq33-Lk17-H6-Hkv1-bottom_right"),
     pytest.param(17, 33, 6, 3, True, None, id="Lq17-Lk33-H6-Hkv3-top_left"),
-    pytest.param(33, 17, 4, 2, "bottom_right", [17, 11], id="Lq33-Lk17-H4-Hkv2-br-keypad"),
+    pytest.param(33, 17, 4, 2, "bottom_right", [11, 0], id="Lq33-Lk17-H4-Hkv2-br-keypad"),
 ]
 
 
