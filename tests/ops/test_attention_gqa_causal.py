@@ -254,3 +254,19 @@ def test_transformers_llama_with_grouped_kv_heads_matches_eager():
     with fastattn.use_backend("triton"):
         got = eager(input_ids=ids, use_cache=False).last_hidden_state
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_opcheck_grouped_heads_bottom_right():
+    """Schema, fake tensors (dK / dV with H_kv heads) and autograd registration of the ops."""
+    from fastattn.ops.attention import attention_bwd_op, attention_fwd_op
+    from fastattn.ops.varlen import varlen_attention_fwd_op
+
+    q, k, v = (t.requires_grad_() for t in _qkv((1, 4, 6, 16), (1, 2, 4, 16), torch.float32))
+    torch.library.opcheck(attention_fwd_op, (q, k, v, None, 0, 2, 0.25))
+    out, lse = attention_fwd_op(q, k, v, None, 0, 2, 0.25)
+    torch.library.opcheck(attention_bwd_op, (torch.randn_like(out), q.detach(), k.detach(),
+                                             v.detach(), out.detach(), lse, None, 0, 2, 0.25),
+                          test_utils=("test_schema", "test_faketensor"))
+    pq, pk, pv = (t.requires_grad_() for t in _qkv((9, 4, 16), (7, 2, 16), torch.float32))
+    torch.library.opcheck(varlen_attention_fwd_op,
+                          (pq, pk, pv, _cu([6, 3]), _cu([4, 3]), 6, 4, 2, 0.25))
