@@ -170,48 +170,47 @@ def attention_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _dkdv_head(k, v, LSE, DELTA, mask_base, length, q_base, do_base,
+def _dkdv_head(dk, dv, k, v, LSE, DELTA, mask_base, length, q_base, do_base,
                stride_qm, stride_dom, stride_mm, stride_mn, start_n, bh, L_q, L_k, D,
                causal_off, qk_scale, masked_score, seed, dropout_p, drop_scale,
                MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, KEY_LENGTHS: tl.constexpr,
                CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
                PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(dk, dv) fp32 of one key block (k, v resident) from the queries of the head bh."""
+    """(dk, dv) fp32 of one key block (k, v resident) plus the gradient from the queries of
+    the head bh."""
     q_desc = _rows_source(q_base, L_q, D, stride_qm, BLOCK_M, BLOCK_D, TMA)
     do_desc = _rows_source(do_base, L_q, D, stride_dom, BLOCK_M, BLOCK_D, TMA)
     lse = LSE + bh * L_q
     delta = DELTA + bh * L_q
     if KEY_LENGTHS:
-        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         if length > 0:
             # Key blocks of real keys only: no test; the block the length cuts: the key test;
-            # blocks of padded keys only: dK = dV = 0, no walk.
+            # blocks of padded keys only: nothing to add, no walk.
             if start_n + BLOCK_N <= length:
                 dk, dv = _dkdv_q_walk(
-                    k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, lse, delta,
-                    mask_base, stride_mm, stride_mn, start_n, L_q, L_k, length, D, causal_off,
-                    qk_scale, masked_score, seed, bh, dropout_p, drop_scale, False, False,
-                    CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
+                    dk, dv, k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, lse,
+                    delta, mask_base, stride_mm, stride_mn, start_n, L_q, L_k, length, D,
+                    causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale, False,
+                    False, CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
                     BLOCK_N, BLOCK_D)
             elif start_n < length:
                 dk, dv = _dkdv_q_walk(
-                    k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, lse, delta,
-                    mask_base, stride_mm, stride_mn, start_n, L_q, L_k, length, D, causal_off,
-                    qk_scale, masked_score, seed, bh, dropout_p, drop_scale, False, True,
-                    CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
+                    dk, dv, k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, lse,
+                    delta, mask_base, stride_mm, stride_mn, start_n, L_q, L_k, length, D,
+                    causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale, False,
+                    True, CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
                     BLOCK_N, BLOCK_D)
         else:
             dk, dv = _dkdv_q_walk(
-                k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, lse, delta,
+                dk, dv, k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, lse, delta,
                 mask_base, stride_mm, stride_mn, start_n, L_q, L_k, L_k, D, causal_off,
                 qk_scale, masked_score, seed, bh, dropout_p, drop_scale, True, False, CAUSAL,
                 MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N,
                 BLOCK_D)
     else:
         dk, dv = _dkdv_q_walk(
-            k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, lse, delta,
+            dk, dv, k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, lse, delta,
             mask_base, stride_mm, stride_mn, start_n, L_q, L_k, L_k, D, causal_off, qk_scale,
             masked_score, seed, bh, dropout_p, drop_scale, MASK_KIND != 0, False, CAUSAL,
             MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
@@ -255,15 +254,13 @@ def attention_bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for g in range(0, kv_group):  # the group's query heads in order: deterministic
         h = hk * kv_group + g
-        dk_h, dv_h = _dkdv_head(
-            k, v, LSE, DELTA, MASK + z * stride_mz + h * stride_mh, length,
+        dk, dv = _dkdv_head(
+            dk, dv, k, v, LSE, DELTA, MASK + z * stride_mz + h * stride_mh, length,
             Q + z * stride_qz + h * stride_qh, DO + z * stride_doz + h * stride_doh,
             stride_qm, stride_dom, stride_mm, stride_mn, start_n, z * H + h, L_q, L_k, D,
             causal_off, qk_scale, masked_score, seed, dropout_p, drop_scale, MASK_KIND,
             MASK_ROW, KEY_LENGTHS, CAUSAL, EVEN_D, TMA, PRECISION, DROPOUT, BLOCK_M, BLOCK_N,
             BLOCK_D)
-        dk += dk_h
-        dv += dv_h
     _store_rows(DK, DK + z * stride_dkz + hk * stride_dkh, stride_dkn, start_n, L_k, D,
                 (dk * sm_scale).to(DK.dtype.element_ty), False, EVEN_D, BLOCK_N, BLOCK_D)
     _store_rows(DV, DV + z * stride_dvz + hk * stride_dvh, stride_dvn, start_n, L_k, D,

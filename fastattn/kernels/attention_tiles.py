@@ -390,22 +390,21 @@ def _dkdv_tiles(dk, dv, k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE
 
 
 @triton.jit
-def _dkdv_q_walk(k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE, DELTA,
+def _dkdv_q_walk(dk, dv, k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE, DELTA,
                  mask_base, stride_mm, stride_mn, start_n, L_q, L_k, kv_len, D,
                  causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
                  MASKED: tl.constexpr, CHECK_KEYS: tl.constexpr, CAUSAL: tl.constexpr,
                  MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, DROPOUT: tl.constexpr,
                  PRECISION: tl.constexpr, TMA: tl.constexpr, EVEN_D: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(dk, dv) fp32 of the key block at start_n (k, v resident) over every query block that
-    sees it; dk still lacks the softmax scale.  Q and dO are read through the descriptors
-    q_desc, do_desc when TMA (else through Q, DO).  CAUSAL: the query tiles the diagonal
+    """(dk, dv) fp32 of the key block at start_n (k, v resident) plus its gradient from every
+    query block that sees it (accumulated in place, so that the query heads of a kv head share
+    one pair of accumulators); dk still lacks the softmax scale.  Q and dO are read through
+    the descriptors q_desc, do_desc when TMA (else through Q, DO).  CAUSAL: the query tiles the diagonal
     crosses take the causal test, the ones below it do not; query i sees key j when
     j <= i + causal_off, so the first query block is the one holding row start_n - causal_off
     and a key block that no query sees walks no tile."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     if CAUSAL:
         lo = (tl.maximum(start_n - causal_off, 0) // BLOCK_M) * BLOCK_M
         # first query tile whose first row sees the whole key block:

@@ -125,15 +125,13 @@ def varlen_attention_bwd_dkdv_kernel(
         q_base = Q + q_start * stride_qt + h * stride_qh
         do_base = DO + q_start * stride_dot + h * stride_doh
         stats = h * total_q + q_start
-        dk_h, dv_h = _dkdv_q_walk(
-            k, v, _rows_source(q_base, L_q, D, stride_qt, BLOCK_M, BLOCK_D, TMA),
+        dk, dv = _dkdv_q_walk(
+            dk, dv, k, v, _rows_source(q_base, L_q, D, stride_qt, BLOCK_M, BLOCK_D, TMA),
             _rows_source(do_base, L_q, D, stride_dot, BLOCK_M, BLOCK_D, TMA), q_base, do_base,
             stride_qt, stride_dot, LSE + stats, DELTA + stats, Q, 0, 0, start_n, L_q, L_k, L_k,
             D, bottom_right * (L_k - L_q), qk_scale, 0.0, seed, b * H + h, dropout_p,
             drop_scale, False, False, CAUSAL, 0, False, DROPOUT, PRECISION, TMA, EVEN_D,
             BLOCK_M, BLOCK_N, BLOCK_D)
-        dk += dk_h
-        dv += dv_h
     _store_rows(DK, DK + k_start * stride_dkt + hk * stride_dkh, stride_dkt, start_n, L_k, D,
                 (dk * sm_scale).to(DK.dtype.element_ty), False, EVEN_D, BLOCK_N, BLOCK_D)
     _store_rows(DV, DV + k_start * stride_dvt + hk * stride_dvh, stride_dvt, start_n, L_k, D,
