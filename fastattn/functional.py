@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from fastattn.backends import (KERNEL_DTYPES, MAX_HEAD_DIM, MIN_HEAD_DIM,  # noqa: F401
                                choose_backend, get_default_backend, kernel_refusal)
 from fastattn.kernels.matmul_configs import ACTIVATIONS
-from fastattn.ops.attention import draw_dropout_seed, triton_attention
+from fastattn.ops.attention import (CAUSAL_BOTTOM_RIGHT, CAUSAL_NONE, CAUSAL_TOP_LEFT,
+                                    draw_dropout_seed, triton_attention)
 from fastattn.ops.feedforward import feedforward_fwd_op
 from fastattn.ops.launch import last_dim_contiguous
 from fastattn.ops.layer_norm import layer_norm_fwd_op
@@ -46,7 +47,8 @@ MASK_NONE, MASK_KEEP, MASK_ADD, MASK_EXCLUDE = 0, 1, 2, 3  # see fastattn.ops.at
 SUPPORTED_DTYPES = KERNEL_DTYPES
 
 
-def _check_qkv(q, k, v):
+def _check_qkv(q, k, v, *, gqa: bool = True):
+    """gqa: k and v may have fewer heads than q (H_q a multiple of H_kv)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -59,9 +61,10 @@ def _check_qkv(q, k, v):
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     n, h, _, d = q.shape
-    if k.shape[:2] != (n, h) or v.shape[:2] != (n, h):
-        raise ValueError(f"q, k, v must share (N, H); got q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)}")
+    if k.shape[0] != n or v.shape[0] != n:
+        raise ValueError(f"q, k, v must share the batch size N; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    _check_heads(h, k.shape[1], v.shape[1], gqa)
     if k.shape[2] != v.shape[2]:
         raise ValueError(f"k and v must have the same length L_k, got k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}")
@@ -69,6 +72,18 @@ def _check_qkv(q, k, v):
         raise ValueError(f"q, k, v must share head_dim D, got {d}, {k.shape[3]}, {v.shape[3]}")
     if k.shape[2] == 0 and q.shape[2] > 0:
         raise ValueError("k and v must have at least one key (L_k >= 1)")
+
+
+def _check_heads(h_q: int, h_k: int, h_v: int, gqa: bool):
+    if h_k != h_v:
+        raise ValueError(f"k and v must have the same number of heads, got {h_k} and {h_v}")
+    if h_k == h_q:
+        return
+    if not gqa:
+        raise ValueError(f"q has {h_q} heads, k and v have {h_k}: pass enable_gqa=True for "
+                         f"grouped-query attention")
+    if h_k == 0 or h_q % h_k != 0:
+        raise ValueError(f"q has {h_q} heads, k has {h_k}: H_q must be a multiple of H_kv")
 
 
 def _check_mask(mask, q, k, *, key_padding_2d: bool):
@@ -108,12 +123,22 @@ def _check_scale(scale):
     return float(scale)
 
 
-def _check_causal(causal, name: str = "causal") -> bool:
-    """A causal flag must be a bool: a string such as "bottom_right" would otherwise be taken
-    as True and run top-left alignment silently."""
-    if not isinstance(causal, bool):
-        raise TypeError(f"{name} must be True or False (top-left aligned), got {causal!r}")
-    return causal
+CAUSAL_ALIGNMENTS = {False: CAUSAL_NONE, True: CAUSAL_TOP_LEFT, "top_left": CAUSAL_TOP_LEFT,
+                     "bottom_right": CAUSAL_BOTTOM_RIGHT}
+
+
+def _check_causal(causal, name: str = "causal") -> int:
+    """The op code (CAUSAL_NONE, CAUSAL_TOP_LEFT or CAUSAL_BOTTOM_RIGHT) of a causal argument:
+    False, True (= "top_left"), "top_left" or "bottom_right".  Anything else raises, so that
+    an unknown value is never taken as a truthy flag."""
+    if isinstance(causal, str):
+        if causal not in CAUSAL_ALIGNMENTS:
+            raise ValueError(f'{name} must be False, True, "top_left" or "bottom_right", got '
+                             f"{causal!r}")
+    elif not isinstance(causal, bool):
+        raise TypeError(f'{name} must be False, True, "top_left" or "bottom_right", got '
+                        f"{causal!r}")
+    return CAUSAL_ALIGNMENTS[causal]
 
 
 def _check_dropout(dropout_p):
@@ -125,8 +150,12 @@ def _check_dropout(dropout_p):
 
 
 def _dispatch(op, q, k, v, mask, mask_kind, causal, scale, backend, dropout_p=0.0):
-    # the CUDA C++ forward has no dropout: with dropout_p > 0 "cuda" runs the Triton kernels
-    chosen = choose_backend(op, backend, q.device, cuda_kernel=dropout_p == 0,
+    if causal == CAUSAL_BOTTOM_RIGHT and q.shape[2] == k.shape[2]:
+        causal = CAUSAL_TOP_LEFT  # one diagonal when L_q == L_k
+    # the CUDA C++ forward has neither dropout, grouped K / V heads nor bottom-right
+    # alignment: "cuda" runs the Triton kernels for those
+    cuda_kernel = dropout_p == 0 and k.shape[1] == q.shape[1] and causal != CAUSAL_BOTTOM_RIGHT
+    chosen = choose_backend(op, backend, q.device, cuda_kernel=cuda_kernel,
                             refusal=kernel_refusal(q, head_dim=q.shape[-1]))
     if chosen == "torch":
         return torch_attention(q, k, v, mask, mask_kind, causal, scale, dropout_p)
@@ -147,23 +176,30 @@ def attention_backend(backend: Optional[str], x: torch.Tensor, head_dim: int,
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              mask: Optional[torch.Tensor] = None, *, causal: bool = False,
+              mask: Optional[torch.Tensor] = None, *, causal=False,
               scale: Optional[float] = None, dropout_p: float = 0.0,
               backend: Optional[str] = None) -> torch.Tensor:
     """Fused multi-head attention with the guide's mask rule.
 
     Args:
         q: (N, H, L_q, D) queries.  Any strides (a copy is made only if the last is not 1).
-        k: (N, H, L_k, D) keys.  v: (N, H, L_k, D) values.  L_q may differ from L_k.
+        k: (N, H_kv, L_k, D) keys.  v: (N, H_kv, L_k, D) values.  L_q may differ from L_k.
+            H_kv < H is grouped-query attention (H a multiple of H_kv; H_kv = 1 is multi-query):
+            query head h attends kv head h // (H // H_kv); K / V are not expanded in memory.
         mask: optional; where ``mask == 0`` the scaled score is replaced by -1e10.  Shapes:
             (N, L_k) key padding, (N, 1, 1, L_k), or anything broadcastable to
             (N, H, L_q, L_k).  bool, integer or float.  A fully masked row gives mean(V).
-        causal: exclude key j from query i when j > i (top-left aligned)::
+        causal: False, True (= "top_left") or "bottom_right".  "top_left" excludes key j
+            from query i when j > i (torch's ``is_causal``); "bottom_right" when
+            j > i + L_k - L_q (flash-attention's alignment: the last query sees every key).
+            They differ only when L_q != L_k; a query that sees no key (bottom-right with
+            L_q > L_k) gives 0 and zero gradients::
 
-                keys →   0 1 2 3
-                query 0  x . . .
-                query 1  x x . .
-                query 2  x x x .
+                top_left, L_q 3, L_k 4     bottom_right, L_q 3, L_k 4
+                keys →   0 1 2 3           keys →   0 1 2 3
+                query 0  x . . .           query 0  x x . .
+                query 1  x x . .           query 1  x x x .
+                query 2  x x x .           query 2  x x x x
 
         scale: multiplies Q K^T; default 1/sqrt(D).
         dropout_p: attention dropout in [0, 1): each softmax weight is zeroed with this
@@ -172,7 +208,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         backend: "auto", "triton", "torch", "cuda" or None (the process default), chosen by
             :func:`fastattn.backends.choose_backend`: "auto" runs the torch path wherever the
             kernels cannot (CPU, float64, head_dim outside 16..256 or not a multiple of 8);
-            backend="cuda" runs the Triton kernels when dropout_p > 0.
+            backend="cuda" runs the Triton kernels when dropout_p > 0, with grouped K / V
+            heads or with bottom-right alignment.
     Returns:
         (N, H, L_q, D), dtype of q.  Differentiable in q, k, v (not in mask).
     """
@@ -188,7 +225,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                  attn_mask: Optional[torch.Tensor] = None,
                                  dropout_p: float = 0.0, is_causal: bool = False,
-                                 scale: Optional[float] = None, *,
+                                 scale: Optional[float] = None, enable_gqa: bool = False, *,
                                  backend: Optional[str] = None) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.scaled_dot_product_attention``.
 
@@ -198,10 +235,14 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
             bool: True takes part in attention.  float: added to the scaled scores.
         dropout_p: attention dropout in [0, 1), fused into the kernels (as torch's, applied
             whenever > 0: pass 0.0 in evaluation).
-        is_causal: top-left aligned causal mask, as torch's.
+        is_causal: top-left aligned causal mask, as torch's (``"bottom_right"`` and
+            ``"top_left"`` are accepted too, as in :func:`attention`).
         scale: default 1/sqrt(E).
         backend: as :func:`attention`'s; under "auto" it never raises where torch's own
             function works (float64, any head_dim, CPU: the torch path).
+        enable_gqa: as torch's: key / value may have H_kv heads, H a multiple of H_kv
+            (grouped-query attention, K / V never expanded); without it the head counts must
+            match.
     Returns:
         (N, H, L, E) (or (N, L, E) for 3-D inputs).  Equal to torch's result wherever torch's is
         finite (rows whose every score is -inf give NaN in torch and 0 here).
@@ -213,7 +254,9 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
                              for t in (query, key, value))
         if isinstance(attn_mask, torch.Tensor) and attn_mask.dim() == 3:
             attn_mask = attn_mask.unsqueeze(1)
-    _check_qkv(query, key, value)
+    if not isinstance(enable_gqa, bool):
+        raise TypeError(f"enable_gqa must be True or False, got {enable_gqa!r}")
+    _check_qkv(query, key, value, gqa=enable_gqa)
     attn_mask = _check_mask(attn_mask, query, key, key_padding_2d=False)
     scale = _check_scale(scale)
     is_causal = _check_causal(is_causal, "is_causal")
@@ -228,7 +271,7 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     if attn_mask is not None and attn_mask.dim() < 4:
         attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
     out = _dispatch("scaled_dot_product_attention", query, key, value, attn_mask, kind,
-                    bool(is_causal), scale, backend, dropout_p)
+                    is_causal, scale, backend, dropout_p)
     return out.squeeze(1) if squeeze else out
 
 
@@ -249,8 +292,10 @@ def _check_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
     if k.shape != v.shape:
         raise ValueError(f"k and v must have one shape (total_k, H, D), got k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}")
-    if k.shape[1:] != q.shape[1:]:
-        raise ValueError(f"q, k, v must share (H, D); got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if k.shape[2] != q.shape[2]:
+        raise ValueError(f"q, k, v must share head_dim D; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}")
+    _check_heads(q.shape[1], k.shape[1], v.shape[1], True)
     for name, t in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
         if t.dtype != torch.int32:
             raise TypeError(f"{name} must be int32, got {t.dtype}")
@@ -271,7 +316,7 @@ def _check_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
-                     max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
+                     max_seqlen_q: int, max_seqlen_k: int, *, causal=False,
                      scale: Optional[float] = None, dropout_p: float = 0.0,
                      backend: Optional[str] = None) -> torch.Tensor:
     """Attention over B sequences packed without padding (like ``flash_attn_varlen_func``).
@@ -283,9 +328,10 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     layouts.
 
     Args:
-        q: (total_q, H, D).  k, v: (total_k, H, D).  Any token / head strides (views into a
-            packed (total, 3, H, D) projection are read in place); the last stride must be 1 or
-            a copy is made.
+        q: (total_q, H, D).  k, v: (total_k, H_kv, D), H a multiple of H_kv (grouped-query
+            attention: query head h attends kv head h // (H // H_kv), K / V not expanded).  Any
+            token / head strides (views into a packed (total, 3, H, D) projection are read in
+            place); the last stride must be 1 or a copy is made.
         cu_seqlens_q, cu_seqlens_k: (B + 1,) int32 on q's device, cumulative lengths starting
             at 0 and ending at most at total_q / total_k (not checked: that would read the
             device).  Tokens past cu_seqlens[-1] belong to no sequence: their output and
@@ -294,12 +340,14 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             sequence.  Query rows past max_seqlen_q within a sequence are not computed: their
             output and gradients are 0 on every backend.  Only the launch grid uses them; no
             device value is read on the host.
-        causal: key j is excluded from query i of the same sequence when j > i (top-left
-            aligned within each sequence)::
+        causal: False, True (= "top_left": key j is excluded from query i of the same
+            sequence when j > i) or "bottom_right" (when j > i + L_k - L_q, the lengths of
+            that sequence: flash-attention's alignment; a query that sees no key gives 0)::
 
-                keys →   0 1 2 3
-                query 0  x . . .
-                query 1  x x . .
+                top_left                   bottom_right
+                keys →   0 1 2 3           keys →   0 1 2 3
+                query 0  x . . .           query 0  x x x .
+                query 1  x x . .           query 1  x x x x
 
         scale: multiplies Q K^T; default 1/sqrt(D).
         dropout_p: attention dropout in [0, 1), as :func:`fastattn.attention`'s (sequence b
@@ -325,10 +373,10 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if chosen == "torch":
         path = torch_varlen_traced if torch.compiler.is_compiling() else torch_varlen
         return path(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                    bool(causal), scale, dropout_p)
+                    causal, scale, dropout_p)
     seed = draw_dropout_seed(q.device) if dropout_p > 0 else None
     return varlen_attention_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                   max_seqlen_k, bool(causal), scale, dropout_p, seed)[0]
+                                   max_seqlen_k, causal, scale, dropout_p, seed)[0]
 
 
 # ---------------------------------------------------------------------------- LayerNorm

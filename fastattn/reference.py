@@ -32,7 +32,7 @@ def attention_reference(
     v: torch.Tensor,
     mask: Optional[torch.Tensor] = None,
     *,
-    causal: bool = False,
+    causal=False,
     scale: Optional[float] = None,
     additive_mask: Optional[torch.Tensor] = None,
     dropout_mask: Optional[torch.Tensor] = None,
@@ -41,11 +41,13 @@ def attention_reference(
     """Attention written out in plain PyTorch, scores materialized.
 
     Args:
-        q: (N, H, L_q, D).  k, v: (N, H, L_k, D).
+        q: (N, H, L_q, D).  k, v: (N, H_kv, L_k, D) with H a multiple of H_kv (grouped-query
+            attention: query head h uses kv head h // (H // H_kv)).
         mask: broadcastable to (N, H, L_q, L_k); ``mask == 0`` replaces the score by -1e10.
             A 2-D mask is taken as a key-padding mask (N, L_k).
-        causal: key j is excluded entirely (probability 0) for query i when j > i
-            (top-left aligned, as ``torch.nn.functional.scaled_dot_product_attention``).
+        causal: key j is excluded entirely (probability 0) for query i when j > i + offset:
+            False; True or "top_left" (offset 0, as torch's ``is_causal``); "bottom_right"
+            (offset L_k - L_q, flash-attention's alignment).  A row that sees no key gives 0.
         scale: score scale, default 1/sqrt(D).
         additive_mask: broadcastable to (N, H, L_q, L_k), added to the scaled scores
             (torch's float ``attn_mask`` rule).
@@ -56,6 +58,9 @@ def attention_reference(
         (N, H, L_q, D) in the dtype of ``q``; the softmax is taken in that dtype too.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if k.dim() >= 3 and k.shape[-3] != q.shape[-3]:  # grouped-query attention
+        group = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)
     energy = torch.matmul(q, k.transpose(-1, -2)) * scale
     if additive_mask is not None:
         energy = energy + additive_mask
@@ -65,14 +70,30 @@ def attention_reference(
         # -1e10 overflows float16: there the most negative finite value plays its role.
         fill = max(MASKED_SCORE, torch.finfo(energy.dtype).min)
         energy = energy.masked_fill(mask == 0, fill)
+    blind = None
     if causal:
         lq, lk = energy.shape[-2:]
-        future = torch.ones(lq, lk, dtype=torch.bool, device=energy.device).triu(1)
+        offset = lk - lq if causal_alignment(causal) == "bottom_right" else 0
+        future = torch.ones(lq, lk, dtype=torch.bool, device=energy.device).triu(1 + offset)
         energy = energy.masked_fill(future, float("-inf"))
+        blind = future.all(-1, keepdim=True)  # rows that see no key
+        energy = energy.masked_fill(blind, 0.0)  # finite, then zeroed: no NaN, no gradient
     weights = torch.softmax(energy, dim=-1)
+    if blind is not None:
+        weights = weights.masked_fill(blind, 0.0)
     if dropout_mask is not None:
         weights = weights * dropout_mask.to(weights.dtype) / (1.0 - dropout_p)
     return torch.matmul(weights, v)
+
+
+def causal_alignment(causal) -> Optional[str]:
+    """None, "top_left" or "bottom_right" for a causal argument: False / True / the strings,
+    or fastattn's op codes 0 / 1 / 2."""
+    if causal is False or causal is None or (causal == 0 and causal is not True):
+        return None
+    if causal == "bottom_right" or (causal == 2 and causal is not True):
+        return "bottom_right"
+    return "top_left"
 
 
 class SelfAttention(nn.Module):

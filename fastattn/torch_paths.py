@@ -17,9 +17,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fastattn.ops.attention import CAUSAL_BOTTOM_RIGHT
 from fastattn.ops.attention_sdpa import (MASK_ADD, MASK_EXCLUDE, MASK_KEEP, sdpa_attention,
                                          sdpa_varlen)
 from fastattn.reference import attention_reference
+
+
+def _repeat_kv(q, k, v, dim: int):
+    """k, v with each kv head repeated for its query heads (grouped-query attention: plain
+    torch has no grouped kernel, so the torch paths expand K / V)."""
+    if k.shape[dim] == q.shape[dim]:
+        return k, v
+    group = q.shape[dim] // k.shape[dim]
+    return k.repeat_interleave(group, dim=dim), v.repeat_interleave(group, dim=dim)
 
 
 def torch_attention(q, k, v, mask, mask_kind, causal, scale, dropout_p=0.0):
@@ -27,6 +37,7 @@ def torch_attention(q, k, v, mask, mask_kind, causal, scale, dropout_p=0.0):
     (:mod:`fastattn.ops.attention_sdpa`).  Elsewhere (other devices, or dropout, for which torch
     has no fused CPU kernel): plain PyTorch, scores materialized, low-precision inputs computed
     in fp32, the dropout keep mask drawn with ``torch.rand`` (not the kernels' Philox stream)."""
+    k, v = _repeat_kv(q, k, v, 1)
     if q.device.type == "cpu" and dropout_p == 0:
         return sdpa_attention(q, k, v, mask, mask_kind, causal, scale)
     low = q.dtype in (torch.float16, torch.bfloat16)
@@ -52,14 +63,17 @@ def torch_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, scale, dro
     """Reads cu_seqlens on the host.  Self-attention on CPU without dropout whose lengths all
     fit max_seqlen: torch's fused SDPA kernel over length buckets
     (:func:`fastattn.ops.attention_sdpa.sdpa_varlen`); otherwise one sequence at a time
-    through :func:`torch_attention`, written into a zero (total_q, H, D) tensor."""
+    through :func:`torch_attention`, written into a zero (total_q, H, D) tensor.  A sequence
+    longer than max_seqlen is cut there (bottom-right alignment then uses the cut lengths, as
+    the kernels)."""
+    k, v = _repeat_kv(q, k, v, 1)
     bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
     lens_q = [b - a for a, b in zip(bounds_q, bounds_q[1:])]
     lens_k = [b - a for a, b in zip(bounds_k, bounds_k[1:])]
     fits = max(lens_q, default=0) <= max_q and max(lens_k, default=0) <= max_k
     if (q.device.type == "cpu" and dropout_p == 0 and fits and bounds_q == bounds_k
             and q.shape[0] == k.shape[0]):
-        return sdpa_varlen(q, k, v, cu_q, causal, scale)
+        return sdpa_varlen(q, k, v, cu_q, bool(causal), scale)  # one diagonal: L_q == L_k
     rows, outs = [], []
     for b in range(len(lens_q)):
         lq, lk = min(lens_q[b], max_q), min(lens_k[b], max_k)
@@ -83,6 +97,7 @@ def torch_varlen_traced(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, sca
     gathered into a (B, max_seqlen, H, D) padded batch, attended with a key-padding mask and
     gathered back; rows in no sequence (or past max_seqlen) give 0."""
     batch = cu_q.shape[0] - 1
+    k, v = _repeat_kv(q, k, v, 1)
 
     def to_padded(t, cu, length):
         """(B, H, length, D) of sequence rows (zeros past each end); (B, length) validity."""
@@ -99,6 +114,13 @@ def torch_varlen_traced(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal, sca
     # A sequence without keys attends its zero rows (finite, so no NaN gradient), then gives 0.
     has_keys = key_valid.any(1)[:, None, None, None]
     keep = (key_valid | ~key_valid.any(1, keepdim=True))[:, None, None, :]
+    if causal == CAUSAL_BOTTOM_RIGHT:  # each sequence's own diagonal: j <= i + L_k - L_q
+        len_q = (cu_q[1:] - cu_q[:-1]).clamp(max=max_q)
+        len_k = (cu_k[1:] - cu_k[:-1]).clamp(max=max_k)
+        offset = (len_k - len_q)[:, None, None, None]
+        pos_q = torch.arange(max_q, device=q.device)[:, None]
+        keep = keep & (torch.arange(max_k, device=q.device)[None, :] <= pos_q + offset)
+        causal = 0
     out = torch_attention(qp, kp, vp, keep, MASK_EXCLUDE, causal, scale, dropout_p)
     out = torch.where(has_keys, out, 0.0)
     # token i of the packed queries: sequence seq[i], position i - cu_q[seq[i]]

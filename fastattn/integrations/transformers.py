@@ -41,14 +41,6 @@ NAME = "fastattn"
 
 # --- the attention function --------------------------------------------------------------------
 
-def _repeat_kv(t: torch.Tensor, groups: int) -> torch.Tensor:
-    """(B, H_kv, S, D) -> (B, H_kv * groups, S, D) for grouped-query attention."""
-    if groups == 1:
-        return t
-    b, h, s, d = t.shape
-    return t[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
-
-
 def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                       value: torch.Tensor, attention_mask: Optional[torch.Tensor],
                       dropout: float = 0.0, scaling: Optional[float] = None,
@@ -57,7 +49,7 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
 
     Args:
         module: the calling attention module; read for ``training``, ``is_causal``,
-            ``num_key_value_groups`` and ``fastattn_backend`` (set by :func:`optimize`).
+            ``fastattn_backend`` (set by :func:`optimize`).
         query: (B, H, L_q, D).  key, value: (B, H_kv, L_k, D).
         attention_mask: None, bool (True = attend) or additive float, broadcastable to
             (B, H, L_q, L_k); usually (B, 1, 1, L_k) or (B, 1, L_q, L_k).
@@ -77,8 +69,6 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
         raise ValueError("attn_implementation='fastattn' does not support softcap")
     if kwargs.get("position_bias") is not None:
         raise ValueError("attn_implementation='fastattn' does not support position_bias")
-    groups = getattr(module, "num_key_value_groups", 1)
-    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
     is_causal = query.shape[2] > 1 and attention_mask is None and bool(is_causal)
@@ -87,6 +77,7 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     out = scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask,
         dropout_p=dropout if module.training else 0.0, is_causal=is_causal, scale=scaling,
+        enable_gqa=key.shape[1] != query.shape[1],  # grouped K/V heads: read, not repeated
         backend=getattr(module, "fastattn_backend", None))
     return out.transpose(1, 2).contiguous(), None
 
@@ -96,9 +87,7 @@ def _packed_attention(module, query, key, value, sequences, dropout_p, scaling):
     if query.shape[0] != 1 or key.shape[2] != query.shape[2]:
         raise ValueError(f"packed sequences take (1, H, T, D) self-attention inputs, got query "
                          f"{tuple(query.shape)}, key {tuple(key.shape)}")
-    groups = getattr(module, "num_key_value_groups", 1)
-    q, k, v = (t[0].transpose(0, 1) for t in (query, _repeat_kv(key, groups),
-                                              _repeat_kv(value, groups)))  # (T, H, D) views
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D), (T, H_kv, D)
     out = varlen_attention(q, k, v, sequences.cu_seqlens, sequences.cu_seqlens,
                            sequences.max_seqlen, sequences.max_seqlen, scale=scaling,
                            dropout_p=dropout_p, backend=getattr(module, "fastattn_backend", None))

@@ -6,15 +6,18 @@ Computes, for every batch z and head h,
     S[mask == 0] = masked_score           MASK_KIND == MASK_KEEP   (-1e10: the guide's rule;
                                                                     -inf: torch's bool mask)
     S += mask                             MASK_KIND == MASK_ADD    (torch's float attn_mask)
-    S[j > i] = -inf                       CAUSAL (top-left aligned), and every j >= L_k
+    S[j > i + causal_off] = -inf          CAUSAL, and every j >= L_k (causal_off, at run time:
+                                          0 top-left aligned, L_k - L_q bottom-right)
     P = softmax(S),     LSE = logsumexp(S)  (natural log, fp32)
     O = (P * Z / (1 - p)) V                Z = 1 everywhere unless DROPOUT (attention dropout)
 
 Pointers (all 4-D tensors are addressed through their strides; the last dim of q/k/v/o must
 have stride 1):
 
-    Q   (N, H, L_q, D)      K, V  (N, H, L_k, D)      O, dO, dQ  (N, H, L_q, D)
-    dK, dV  (N, H, L_k, D)  LSE, DELTA  (N, H, L_q) contiguous fp32
+    Q   (N, H, L_q, D)      K, V  (N, H_kv, L_k, D)   O, dO, dQ  (N, H, L_q, D)
+    dK, dV  (N, H_kv, L_k, D)  LSE, DELTA  (N, H, L_q) contiguous fp32
+          H_kv = H / kv_group (grouped-query attention when kv_group > 1): query head h reads
+          kv head h // kv_group; K and V are never expanded.
     MASK  any tensor viewed as (N, H, L_q, L_k) with stride 0 on broadcast dims; never copied.
           MASK_ROW: the mask is the same for every query row (stride_mm == 0, key padding), so
           one (BLOCK_N,) row is loaded per key block instead of a (BLOCK_M, BLOCK_N) tile.
@@ -41,7 +44,12 @@ makes the backward deterministic, bit for bit, with no atomics and no dQ accumul
 The dK/dV tiles are key-major (S^T = K Q^T), so the key block is the M dimension of all four of
 its products (wgmma on sm_90 with 64-key blocks); both backward kernels read Q, K, V, dO
 through TMA descriptors when TMA is on.  MASK_GRAD: the dQ kernel also writes dS, the gradient
-of a trainable additive mask.
+of a trainable additive mask.  With grouped K/V heads one dK/dV program owns a (key block, kv
+head) and walks the kv_group query heads of its group one after the other (kv_group times the
+walk per program, N·H_kv·L_k/BLOCK_N programs), so the sum over the group stays deterministic
+too; dropout counters and LSE / DELTA stay those of the query head.
+A row that sees no key (bottom-right alignment with L_q > L_k) ends with LSE = +inf: O = 0
+and every gradient through it is 0.
 
 Dropout (DROPOUT constexpr, rate ``dropout_p`` at run time): the keep mask Z is never stored.
 Element (z·H + h, i, j) keeps its probability when output j % 4 of Philox-4x32-10 at the counter
@@ -89,7 +97,9 @@ def attention_fwd_kernel(
     stride_vz, stride_vh, stride_vn,
     stride_mz, stride_mh, stride_mm, stride_mn,
     stride_oz, stride_oh, stride_om,
-    H, L_q, L_k, D,
+    H, kv_group, L_q, L_k, D,
+    causal_off,  # CAUSAL: query i sees key j <= i + causal_off (0 top-left, L_k - L_q
+    # bottom-right, flash-attention's alignment)
     qk_scale,  # scale * log2(e), >= 0
     masked_raw,  # what Q K^T becomes where mask == 0: -2^k, 2^k qk_scale >= 1e10 log2(e)
     # (the guide's -1e10 rule) or -inf (torch's bool mask); see ops.attention
@@ -103,8 +113,8 @@ def attention_fwd_kernel(
     z = bh // H
     h = bh % H
     q_base = Q + z * stride_qz + h * stride_qh
-    k_base = K + z * stride_kz + h * stride_kh
-    v_base = V + z * stride_vz + h * stride_vh
+    k_base = K + z * stride_kz + (h // kv_group) * stride_kh
+    v_base = V + z * stride_vz + (h // kv_group) * stride_vh
     o_base = O + z * stride_oz + h * stride_oh
     mask_base = MASK + z * stride_mz + h * stride_mh
     k_desc = _rows_source(k_base, L_k, D, stride_kn, BLOCK_N, BLOCK_D, TMA)
@@ -117,19 +127,20 @@ def attention_fwd_kernel(
         if length > 0:  # a prefix mask: walk the real keys, read no mask
             acc, l_i, m_i = _fwd_kv_walk(
                 q, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
-                stride_mn, start_m, L_q, L_k, length, D, qk_scale, masked_raw, seed, bh,
+                stride_mn, start_m, L_q, L_k, length, D, causal_off, qk_scale, masked_raw, seed, bh,
                 dropout_p, False, CAUSAL, False, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA,
                 EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
         else:
             acc, l_i, m_i = _fwd_kv_walk(
                 q, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
-                stride_mn, start_m, L_q, L_k, L_k, D, qk_scale, masked_raw, seed, bh,
+                stride_mn, start_m, L_q, L_k, L_k, D, causal_off, qk_scale, masked_raw, seed, bh,
                 dropout_p, True, CAUSAL, EVEN_N, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA,
                 EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     else:
         acc, l_i, m_i = _fwd_kv_walk(
             q, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn, mask_base, stride_mm,
-            stride_mn, start_m, L_q, L_k, L_k, D, qk_scale, masked_raw, seed, bh, dropout_p,
+            stride_mn, start_m, L_q, L_k, L_k, D, causal_off, qk_scale, masked_raw, seed, bh,
+            dropout_p,
             MASK_KIND != 0, CAUSAL, EVEN_N, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D,
             BLOCK_M, BLOCK_N, BLOCK_D)
     out, lse = _fwd_finish(acc, l_i, m_i, drop_scale, DROPOUT)
@@ -163,6 +174,54 @@ def attention_bwd_preprocess_kernel(
 
 
 @triton.jit
+def _dkdv_head(dk, dv, k, v, LSE, DELTA, mask_base, length, q_base, do_base,
+               stride_qm, stride_dom, stride_mm, stride_mn, start_n, bh, L_q, L_k, D,
+               causal_off, qk_scale, masked_score, seed, dropout_p, drop_scale,
+               MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, KEY_LENGTHS: tl.constexpr,
+               CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
+               PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(dk, dv) fp32 of one key block (k, v resident) plus the gradient from the queries of
+    the head bh."""
+    q_desc = _rows_source(q_base, L_q, D, stride_qm, BLOCK_M, BLOCK_D, TMA)
+    do_desc = _rows_source(do_base, L_q, D, stride_dom, BLOCK_M, BLOCK_D, TMA)
+    lse = LSE + bh * L_q
+    delta = DELTA + bh * L_q
+    if KEY_LENGTHS:
+        if length > 0:
+            # Key blocks of real keys only: no test; the block the length cuts: the key test;
+            # blocks of padded keys only: nothing to add, no walk.
+            if start_n + BLOCK_N <= length:
+                dk, dv = _dkdv_q_walk(
+                    dk, dv, k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, lse,
+                    delta, mask_base, stride_mm, stride_mn, start_n, L_q, L_k, length, D,
+                    causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale, False,
+                    False, CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
+                    BLOCK_N, BLOCK_D)
+            elif start_n < length:
+                dk, dv = _dkdv_q_walk(
+                    dk, dv, k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, lse,
+                    delta, mask_base, stride_mm, stride_mn, start_n, L_q, L_k, length, D,
+                    causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale, False,
+                    True, CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
+                    BLOCK_N, BLOCK_D)
+        else:
+            dk, dv = _dkdv_q_walk(
+                dk, dv, k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, lse, delta,
+                mask_base, stride_mm, stride_mn, start_n, L_q, L_k, L_k, D, causal_off,
+                qk_scale, masked_score, seed, bh, dropout_p, drop_scale, True, False, CAUSAL,
+                MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N,
+                BLOCK_D)
+    else:
+        dk, dv = _dkdv_q_walk(
+            dk, dv, k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, lse, delta,
+            mask_base, stride_mm, stride_mn, start_n, L_q, L_k, L_k, D, causal_off, qk_scale,
+            masked_score, seed, bh, dropout_p, drop_scale, MASK_KIND != 0, False, CAUSAL,
+            MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+    return dk, dv
+
+
+@triton.jit
 def attention_bwd_dkdv_kernel(
     Q, K, V, MASK, LENS, DO, LSE, DELTA, DK, DV, SEED,
     stride_qz, stride_qh, stride_qm,
@@ -172,67 +231,43 @@ def attention_bwd_dkdv_kernel(
     stride_doz, stride_doh, stride_dom,
     stride_dkz, stride_dkh, stride_dkn,
     stride_dvz, stride_dvh, stride_dvn,
-    H, L_q, L_k, D,
+    H, kv_group, L_q, L_k, D, causal_off,
     qk_scale, sm_scale, masked_score, dropout_p,
     MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, KEY_LENGTHS: tl.constexpr,
     CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """One program per (key block, batch·head): walks the query blocks, accumulates dK, dV."""
-    start_n, bh = _program_tile(L_k, BLOCK_N)
-    z = bh // H
-    h = bh % H
-    k_base = K + z * stride_kz + h * stride_kh
-    v_base = V + z * stride_vz + h * stride_vh
+    """One program per (key block, batch·kv head): walks the query blocks of each of the
+    kv_group query heads that share the kv head, in order, and accumulates dK, dV."""
+    start_n, bhk = _program_tile(L_k, BLOCK_N)
+    H_kv = H // kv_group
+    z = bhk // H_kv
+    hk = bhk % H_kv
+    k_base = K + z * stride_kz + hk * stride_kh
+    v_base = V + z * stride_vz + hk * stride_vh
     k = _load_rows(_rows_source(k_base, L_k, D, stride_kn, BLOCK_N, BLOCK_D, TMA), k_base,
                    stride_kn, start_n, L_k, D, BLOCK_N, BLOCK_D, TMA, True, EVEN_D)
     v = _load_rows(_rows_source(v_base, L_k, D, stride_vn, BLOCK_N, BLOCK_D, TMA), v_base,
                    stride_vn, start_n, L_k, D, BLOCK_N, BLOCK_D, TMA, True, EVEN_D)
-    q_base = Q + z * stride_qz + h * stride_qh
-    do_base = DO + z * stride_doz + h * stride_doh
-    q_desc = _rows_source(q_base, L_q, D, stride_qm, BLOCK_M, BLOCK_D, TMA)
-    do_desc = _rows_source(do_base, L_q, D, stride_dom, BLOCK_M, BLOCK_D, TMA)
-    mask_base = MASK + z * stride_mz + h * stride_mh
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
+    length = 0
     if KEY_LENGTHS:
         length = tl.load(LENS + z)
-        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        if length > 0:
-            # Key blocks of real keys only: no test; the block the length cuts: the key test;
-            # blocks of padded keys only: dK = dV = 0, no walk.
-            if start_n + BLOCK_N <= length:
-                dk, dv = _dkdv_q_walk(
-                    k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom,
-                    LSE + bh * L_q, DELTA + bh * L_q, mask_base, stride_mm, stride_mn, start_n,
-                    L_q, L_k, length, D, qk_scale, masked_score, seed, bh, dropout_p,
-                    drop_scale, False, False, CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION,
-                    TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
-            elif start_n < length:
-                dk, dv = _dkdv_q_walk(
-                    k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom,
-                    LSE + bh * L_q, DELTA + bh * L_q, mask_base, stride_mm, stride_mn, start_n,
-                    L_q, L_k, length, D, qk_scale, masked_score, seed, bh, dropout_p,
-                    drop_scale, False, True, CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION,
-                    TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
-        else:
-            dk, dv = _dkdv_q_walk(
-                k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, LSE + bh * L_q,
-                DELTA + bh * L_q, mask_base, stride_mm, stride_mn, start_n, L_q, L_k, L_k, D,
-                qk_scale, masked_score, seed, bh, dropout_p, drop_scale, True, False, CAUSAL,
-                MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N,
-                BLOCK_D)
-    else:
-        dk, dv = _dkdv_q_walk(
-            k, v, q_desc, do_desc, q_base, do_base, stride_qm, stride_dom, LSE + bh * L_q,
-            DELTA + bh * L_q, mask_base, stride_mm, stride_mn, start_n, L_q, L_k, L_k, D,
-            qk_scale, masked_score, seed, bh, dropout_p, drop_scale, MASK_KIND != 0, False,
-            CAUSAL, MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N,
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for g in range(0, kv_group):  # the group's query heads in order: deterministic
+        h = hk * kv_group + g
+        dk, dv = _dkdv_head(
+            dk, dv, k, v, LSE, DELTA, MASK + z * stride_mz + h * stride_mh, length,
+            Q + z * stride_qz + h * stride_qh, DO + z * stride_doz + h * stride_doh,
+            stride_qm, stride_dom, stride_mm, stride_mn, start_n, z * H + h, L_q, L_k, D,
+            causal_off, qk_scale, masked_score, seed, dropout_p, drop_scale, MASK_KIND,
+            MASK_ROW, KEY_LENGTHS, CAUSAL, EVEN_D, TMA, PRECISION, DROPOUT, BLOCK_M, BLOCK_N,
             BLOCK_D)
-    _store_rows(DK, DK + z * stride_dkz + h * stride_dkh, stride_dkn, start_n, L_k, D,
+    _store_rows(DK, DK + z * stride_dkz + hk * stride_dkh, stride_dkn, start_n, L_k, D,
                 (dk * sm_scale).to(DK.dtype.element_ty), False, EVEN_D, BLOCK_N, BLOCK_D)
-    _store_rows(DV, DV + z * stride_dvz + h * stride_dvh, stride_dvn, start_n, L_k, D,
+    _store_rows(DV, DV + z * stride_dvz + hk * stride_dvh, stride_dvn, start_n, L_k, D,
                 dv.to(DV.dtype.element_ty), False, EVEN_D, BLOCK_N, BLOCK_D)
 
 
@@ -245,7 +280,7 @@ def attention_bwd_dq_kernel(
     stride_mz, stride_mh, stride_mm, stride_mn,
     stride_doz, stride_doh, stride_dom,
     stride_dqz, stride_dqh, stride_dqm,
-    H, L_q, L_k, D,
+    H, kv_group, L_q, L_k, D, causal_off,
     qk_scale, sm_scale, masked_score, dropout_p,
     MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, KEY_LENGTHS: tl.constexpr,
     CAUSAL: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
@@ -267,8 +302,8 @@ def attention_bwd_dq_kernel(
                     stride_dom, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True, EVEN_D)
     lse2 = tl.load(LSE + bh * L_q + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + bh * L_q + offs_m, mask=offs_m < L_q, other=0.0)
-    k_base = K + z * stride_kz + h * stride_kh
-    v_base = V + z * stride_vz + h * stride_vh
+    k_base = K + z * stride_kz + (h // kv_group) * stride_kh
+    v_base = V + z * stride_vz + (h // kv_group) * stride_vh
     k_desc = _rows_source(k_base, L_k, D, stride_kn, BLOCK_N, BLOCK_D, TMA)
     v_desc = _rows_source(v_base, L_k, D, stride_vn, BLOCK_N, BLOCK_D, TMA)
     mask_base = MASK + z * stride_mz + h * stride_mh
@@ -280,21 +315,23 @@ def attention_bwd_dq_kernel(
             dq = _dq_kv_walk(
                 q, do, lse2, delta, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn,
                 mask_base, stride_mm, stride_mn, dmask_base, start_m, L_q, L_k, length, D,
-                qk_scale, masked_score, seed, bh, dropout_p, drop_scale, False, CAUSAL, False,
+                causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale, False, CAUSAL,
+                False,
                 MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
                 BLOCK_N, BLOCK_D)
         else:
             dq = _dq_kv_walk(
                 q, do, lse2, delta, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn,
                 mask_base, stride_mm, stride_mn, dmask_base, start_m, L_q, L_k, L_k, D,
-                qk_scale, masked_score, seed, bh, dropout_p, drop_scale, True, CAUSAL, EVEN_N,
+                causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale, True, CAUSAL,
+                EVEN_N,
                 MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
                 BLOCK_N, BLOCK_D)
     else:
         dq = _dq_kv_walk(
             q, do, lse2, delta, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn,
-            mask_base, stride_mm, stride_mn, dmask_base, start_m, L_q, L_k, L_k, D, qk_scale,
-            masked_score, seed, bh, dropout_p, drop_scale, MASK_KIND != 0, CAUSAL, EVEN_N,
+            mask_base, stride_mm, stride_mn, dmask_base, start_m, L_q, L_k, L_k, D, causal_off,
+            qk_scale, masked_score, seed, bh, dropout_p, drop_scale, MASK_KIND != 0, CAUSAL, EVEN_N,
             MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N,
             BLOCK_D)
     _store_rows(DQ, DQ + z * stride_dqz + h * stride_dqh, stride_dqm, start_m, L_q, D,

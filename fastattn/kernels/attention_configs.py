@@ -295,7 +295,8 @@ def aot_specs(capability_major: int):
                     sig[name] = ptr_types[dtype]
             for i in range(n_strides[kernel]):
                 sig[f"s{i}"] = "i32"
-            sig.update({"H": "i32", "L_q": "i32", "L_k": "i32", "D": "i32", "qk_scale": "fp32"})
+            sig.update({"H": "i32", "kv_group": "i32", "L_q": "i32", "L_k": "i32", "D": "i32",
+                        "causal_off": "i32", "qk_scale": "fp32"})
             if kernel != "fwd":
                 sig["sm_scale"] = "fp32"
             sig["masked_raw" if kernel == "fwd" else "masked_score"] = "fp32"

@@ -160,13 +160,13 @@ def _load_mask(mask_base, stride_mm, stride_mn, rows, cols, L_q, L_k, MASK_ROW: 
 
 @triton.jit
 def _masked_scores(s, mask_base, stride_mm, stride_mn, rows, cols, L_q, L_k, kv_len,
-                   masked_score, MASKED: tl.constexpr, MASK_KIND: tl.constexpr,
+                   causal_off, masked_score, MASKED: tl.constexpr, MASK_KIND: tl.constexpr,
                    MASK_ROW: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr):
     """Base-2 scores s with the mask (when MASKED), the key bound ``j < kv_len`` (when BOUNDS)
-    and the causal rule ``j <= i`` (when CAUSAL) applied; ``rows`` (i) and ``cols`` (j) are
-    the broadcastable index tensors of :func:`_load_mask`, so one function serves the
-    query-major and the key-major tiles.  Returns the scores and, for MASK_KEEP, the keep
-    predicate (scores it replaced have no gradient)."""
+    and the causal rule ``j <= i + causal_off`` (when CAUSAL) applied; ``rows`` (i) and
+    ``cols`` (j) are the broadcastable index tensors of :func:`_load_mask`, so one function
+    serves the query-major and the key-major tiles.  Returns the scores and, for MASK_KEEP,
+    the keep predicate (scores it replaced have no gradient)."""
     keep = s == s
     if MASKED:
         mask = _load_mask(mask_base, stride_mm, stride_mn, rows, cols, L_q, L_k, MASK_ROW)
@@ -177,17 +177,18 @@ def _masked_scores(s, mask_base, stride_mm, stride_mn, rows, cols, L_q, L_k, kv_
             s += mask.to(tl.float32) * LOG2E
     if BOUNDS:
         if CAUSAL:
-            valid = (cols < kv_len) & (cols <= rows)
+            valid = (cols < kv_len) & (cols <= rows + causal_off)
         else:
             valid = cols < kv_len
         s = tl.where(valid, s, float("-inf"))
     elif CAUSAL:
-        s = tl.where(cols <= rows, s, float("-inf"))
+        s = tl.where(cols <= rows + causal_off, s, float("-inf"))
     return s, keep
 
 
 @triton.jit
-def _probabilities(s, lse2, rows, L_k, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr):
+def _probabilities(s, lse2, rows, L_k, causal_off, CAUSAL: tl.constexpr,
+                   MASK_KIND: tl.constexpr):
     """P = exp2(S - LSE) for a tile of base-2 scores; ``lse2`` (base 2) and ``rows`` broadcast
     against it as in :func:`_masked_scores`.  Fully masked MASK_KEEP rows (lse below
     FULLY_MASKED_LSE) get 1 / count on every key they can see."""
@@ -196,7 +197,7 @@ def _probabilities(s, lse2, rows, L_k, CAUSAL: tl.constexpr, MASK_KIND: tl.const
         fully_masked = lse2 < FULLY_MASKED_LSE * LOG2E
         count = tl.zeros_like(lse2) + L_k
         if CAUSAL:
-            count = tl.minimum(count, (rows + 1).to(tl.float32))
+            count = tl.minimum(count, (rows + causal_off + 1).to(tl.float32))
         p = tl.where(fully_masked & (s > float("-inf")), 1.0 / count, p)
     return p
 
@@ -206,7 +207,7 @@ def _probabilities(s, lse2, rows, L_k, CAUSAL: tl.constexpr, MASK_KIND: tl.const
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, k_desc, v_desc, K, V, stride_kn, stride_vn,
                mask_base, stride_mm, stride_mn, start_m, offs_m, lo, hi, L_q, L_k, kv_len, D,
-               qk_scale, masked_raw, seed, bh, dropout_p,
+               causal_off, qk_scale, masked_raw, seed, bh, dropout_p,
                MASKED: tl.constexpr, BOUNDS: tl.constexpr, DIAGONAL: tl.constexpr,
                MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr,
                DROPOUT: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
@@ -235,12 +236,14 @@ def _fwd_tiles(acc, l_i, m_i, q, k_desc, v_desc, K, V, stride_kn, stride_vn,
                     qk = qk * qk_scale + mask.to(tl.float32) * LOG2E
             if BOUNDS:
                 if DIAGONAL:
-                    valid = (offs_n[None, :] < kv_len) & (offs_n[None, :] <= offs_m[:, None])
+                    valid = ((offs_n[None, :] < kv_len)
+                             & (offs_n[None, :] <= offs_m[:, None] + causal_off))
                 else:
                     valid = offs_n[None, :] < kv_len
                 qk = tl.where(valid, qk, float("-inf"))
             elif DIAGONAL:
-                qk = tl.where(offs_n[None, :] <= offs_m[:, None], qk, float("-inf"))
+                qk = tl.where(offs_n[None, :] <= offs_m[:, None] + causal_off, qk,
+                              float("-inf"))
             if MASKED and MASK_KIND == 2:
                 m_new = tl.maximum(m_i, tl.max(qk, 1))
                 m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # no finite score yet
@@ -266,36 +269,53 @@ def _fwd_tiles(acc, l_i, m_i, q, k_desc, v_desc, K, V, stride_kn, stride_vn,
 
 
 @triton.jit
+def _kv_walk_bounds(start_m, kv_len, causal_off, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    """(hi, n_int) of a key walk for the query block at start_m: keys [0, hi) are walked, the
+    tiles below n_int (every key of the tile <= the block's first row + causal_off) without
+    the causal test.  Query i sees key j <= i + causal_off, so the block's last row bounds hi;
+    a block that sees no key gets hi <= 0 (no tile)."""
+    if CAUSAL:
+        hi = tl.minimum(kv_len, start_m + BLOCK_M + causal_off)
+        # floor(causal_off / BLOCK_N) + floor((start_m + 1) / BLOCK_N) <= the blocks its first
+        # row sees (a lower bound is enough: the tiles past n_int take the causal test)
+        off_blocks = tl.where(causal_off >= 0, causal_off // BLOCK_N,
+                              -((BLOCK_N - 1 - causal_off) // BLOCK_N))
+        n_int = tl.minimum(kv_len // BLOCK_N,
+                           tl.maximum((start_m + 1) // BLOCK_N + off_blocks, 0)) * BLOCK_N
+    else:
+        hi = kv_len
+        n_int = (kv_len // BLOCK_N) * BLOCK_N
+    return hi, n_int
+
+
+@triton.jit
 def _fwd_kv_walk(q, k_desc, v_desc, K, V, stride_kn, stride_vn,
                  mask_base, stride_mm, stride_mn, start_m, L_q, L_k, kv_len, D,
-                 qk_scale, masked_raw, seed, bh, dropout_p,
+                 causal_off, qk_scale, masked_raw, seed, bh, dropout_p,
                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, EVEN_N: tl.constexpr,
                  MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, DROPOUT: tl.constexpr,
                  PRECISION: tl.constexpr, TMA: tl.constexpr, EVEN_D: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Online softmax of one query block over keys [0, kv_len) (and j <= i when CAUSAL).
+    """Online softmax of one query block over keys [0, kv_len) (and j <= i + causal_off when
+    CAUSAL: 0 aligns the diagonal top-left, L_k - L_q bottom-right).
     Returns (acc, l_i, m_i): unnormalised output, row sums, row maxima (base 2).  EVEN_N:
     kv_len is a multiple of BLOCK_N, so there is no partial key tile."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    if CAUSAL:  # interior: every key of the tile <= the block's first row
-        hi = tl.minimum(kv_len, start_m + BLOCK_M)
-        n_int = tl.minimum(kv_len // BLOCK_N, (start_m + 1) // BLOCK_N) * BLOCK_N
-    else:
-        hi = kv_len
-        n_int = (kv_len // BLOCK_N) * BLOCK_N
+    hi, n_int = _kv_walk_bounds(start_m, kv_len, causal_off, CAUSAL, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _fwd_tiles(
         acc, l_i, m_i, q, k_desc, v_desc, K, V, stride_kn, stride_vn, mask_base, stride_mm,
-        stride_mn, start_m, offs_m, 0, n_int, L_q, L_k, kv_len, D, qk_scale, masked_raw,
-        seed, bh, dropout_p, MASKED, False, False, MASK_KIND, MASK_ROW, DROPOUT,
+        stride_mn, start_m, offs_m, 0, n_int, L_q, L_k, kv_len, D, causal_off, qk_scale,
+        masked_raw, seed, bh, dropout_p, MASKED, False, False, MASK_KIND, MASK_ROW, DROPOUT,
         PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     if CAUSAL or not EVEN_N:
         acc, l_i, m_i = _fwd_tiles(
             acc, l_i, m_i, q, k_desc, v_desc, K, V, stride_kn, stride_vn, mask_base,
-            stride_mm, stride_mn, start_m, offs_m, n_int, hi, L_q, L_k, kv_len, D, qk_scale,
-            masked_raw, seed, bh, dropout_p, MASKED, True, CAUSAL, MASK_KIND,
+            stride_mm, stride_mn, start_m, offs_m, n_int, hi, L_q, L_k, kv_len, D, causal_off,
+            qk_scale, masked_raw, seed, bh, dropout_p, MASKED, True, CAUSAL, MASK_KIND,
             MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     return acc, l_i, m_i
 
@@ -319,7 +339,7 @@ def _fwd_finish(acc, l_i, m_i, drop_scale, DROPOUT: tl.constexpr):
 @triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE, DELTA,
                 mask_base, stride_mm, stride_mn, start_n, offs_n, lo, hi, L_q, L_k, kv_len, D,
-                qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
+                causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
                 MASKED: tl.constexpr, CHECK_KEYS: tl.constexpr, DIAGONAL: tl.constexpr,
                 CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr,
                 DROPOUT: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
@@ -347,10 +367,11 @@ def _dkdv_tiles(dk, dv, k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE
         if MASKED or CHECK_KEYS or DIAGONAL:
             rows = offs_m[None, :]
             s_t, keep = _masked_scores(qk_t * qk_scale, mask_base, stride_mm, stride_mn, rows,
-                                       cols, L_q, L_k, kv_len, masked_score, MASKED, MASK_KIND,
-                                       MASK_ROW, CHECK_KEYS, DIAGONAL)
+                                       cols, L_q, L_k, kv_len, causal_off, masked_score, MASKED,
+                                       MASK_KIND, MASK_ROW, CHECK_KEYS, DIAGONAL)
             if MASKED:
-                p_t = _probabilities(s_t, lse2[None, :], rows, L_k, CAUSAL, MASK_KIND)
+                p_t = _probabilities(s_t, lse2[None, :], rows, L_k, causal_off, CAUSAL,
+                                     MASK_KIND)
             else:
                 p_t = tl.math.exp2(s_t - lse2[None, :])
         else:
@@ -371,36 +392,40 @@ def _dkdv_tiles(dk, dv, k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE
 
 
 @triton.jit
-def _dkdv_q_walk(k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE, DELTA,
+def _dkdv_q_walk(dk, dv, k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE, DELTA,
                  mask_base, stride_mm, stride_mn, start_n, L_q, L_k, kv_len, D,
-                 qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
+                 causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
                  MASKED: tl.constexpr, CHECK_KEYS: tl.constexpr, CAUSAL: tl.constexpr,
                  MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, DROPOUT: tl.constexpr,
                  PRECISION: tl.constexpr, TMA: tl.constexpr, EVEN_D: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(dk, dv) fp32 of the key block at start_n (k, v resident) over every query block that
-    sees it; dk still lacks the softmax scale.  Q and dO are read through the descriptors
-    q_desc, do_desc when TMA (else through Q, DO).  CAUSAL: the query tiles the diagonal
-    crosses take the causal test, the ones below it do not."""
+    """(dk, dv) fp32 of the key block at start_n (k, v resident) plus its gradient from every
+    query block that sees it (accumulated in place, so that the query heads of a kv head share
+    one pair of accumulators); dk still lacks the softmax scale.  Q and dO are read through
+    the descriptors q_desc, do_desc when TMA (else through Q, DO).  CAUSAL: the query tiles the
+    diagonal crosses take the causal test, the ones below it do not; query i sees key j when
+    j <= i + causal_off, so the first query block is the one holding row start_n - causal_off
+    and a key block that no query sees walks no tile."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     if CAUSAL:
-        lo = (start_n // BLOCK_M) * BLOCK_M
-        # first query tile whose first row sees the whole key block: start_m >= start_n + BN - 1
-        m_int = tl.minimum(lo + tl.cdiv(start_n + BLOCK_N - 1 - lo, BLOCK_M) * BLOCK_M, L_q)
+        lo = (tl.maximum(start_n - causal_off, 0) // BLOCK_M) * BLOCK_M
+        # first query tile whose first row sees the whole key block:
+        # start_m >= start_n + BN - 1 - causal_off
+        last = tl.maximum(start_n + BLOCK_N - 1 - causal_off - lo, 0)
+        m_int = tl.minimum(lo + tl.cdiv(last, BLOCK_M) * BLOCK_M, L_q)
         m_int = tl.maximum(m_int, lo)
         dk, dv = _dkdv_tiles(
             dk, dv, k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE, DELTA, mask_base,
-            stride_mm, stride_mn, start_n, offs_n, lo, m_int, L_q, L_k, kv_len, D, qk_scale,
-            masked_score, seed, bh, dropout_p, drop_scale, MASKED, CHECK_KEYS, True, CAUSAL,
+            stride_mm, stride_mn, start_n, offs_n, lo, m_int, L_q, L_k, kv_len, D, causal_off,
+            qk_scale, masked_score, seed, bh, dropout_p, drop_scale, MASKED, CHECK_KEYS, True,
+            CAUSAL,
             MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     else:
         m_int = 0
     dk, dv = _dkdv_tiles(
         dk, dv, k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE, DELTA, mask_base,
-        stride_mm, stride_mn, start_n, offs_n, m_int, L_q, L_q, L_k, kv_len, D, qk_scale,
-        masked_score, seed, bh, dropout_p, drop_scale, MASKED, CHECK_KEYS, False, CAUSAL,
+        stride_mm, stride_mn, start_n, offs_n, m_int, L_q, L_q, L_k, kv_len, D, causal_off,
+        qk_scale, masked_score, seed, bh, dropout_p, drop_scale, MASKED, CHECK_KEYS, False, CAUSAL,
         MASK_KIND, MASK_ROW, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     return dk, dv
 
@@ -408,7 +433,7 @@ def _dkdv_q_walk(k, v, q_desc, do_desc, Q, DO, stride_qm, stride_dom, LSE, DELTA
 @triton.jit
 def _dq_tiles(dq, q, do, lse2, delta, k_desc, v_desc, K, V, stride_kn, stride_vn,
               mask_base, stride_mm, stride_mn, dmask_base, offs_m, lo, hi, L_q, L_k, kv_len, D,
-              qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
+              causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
               MASKED: tl.constexpr, BOUNDS: tl.constexpr, DIAGONAL: tl.constexpr,
               CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr,
               MASK_GRAD: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
@@ -429,10 +454,10 @@ def _dq_tiles(dq, q, do, lse2, delta, k_desc, v_desc, K, V, stride_kn, stride_vn
         if MASKED or BOUNDS or DIAGONAL:
             cols = (start_n + tl.arange(0, BLOCK_N))[None, :]
             s, keep = _masked_scores(qk * qk_scale, mask_base, stride_mm, stride_mn, rows, cols,
-                                     L_q, L_k, kv_len, masked_score, MASKED, MASK_KIND,
-                                     MASK_ROW, BOUNDS, DIAGONAL)
+                                     L_q, L_k, kv_len, causal_off, masked_score, MASKED,
+                                     MASK_KIND, MASK_ROW, BOUNDS, DIAGONAL)
             if MASKED:
-                p = _probabilities(s, lse2[:, None], rows, L_k, CAUSAL, MASK_KIND)
+                p = _probabilities(s, lse2[:, None], rows, L_k, causal_off, CAUSAL, MASK_KIND)
             else:
                 p = tl.math.exp2(s - lse2[:, None])
         else:
@@ -455,7 +480,7 @@ def _dq_tiles(dq, q, do, lse2, delta, k_desc, v_desc, K, V, stride_kn, stride_vn
 @triton.jit
 def _dq_kv_walk(q, do, lse2, delta, k_desc, v_desc, K, V, stride_kn, stride_vn,
                 mask_base, stride_mm, stride_mn, dmask_base, start_m, L_q, L_k, kv_len, D,
-                qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
+                causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, EVEN_N: tl.constexpr,
                 MASK_KIND: tl.constexpr, MASK_ROW: tl.constexpr, MASK_GRAD: tl.constexpr,
                 DROPOUT: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
@@ -466,21 +491,18 @@ def _dq_kv_walk(q, do, lse2, delta, k_desc, v_desc, K, V, stride_kn, stride_vn,
     through k_desc, v_desc when TMA; MASK_GRAD: dS goes to ``dmask_base`` (see _dq_tiles)."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    if CAUSAL:
-        hi = tl.minimum(kv_len, start_m + BLOCK_M)
-        n_int = tl.minimum(kv_len // BLOCK_N, (start_m + 1) // BLOCK_N) * BLOCK_N
-    else:
-        hi = kv_len
-        n_int = (kv_len // BLOCK_N) * BLOCK_N
+    hi, n_int = _kv_walk_bounds(start_m, kv_len, causal_off, CAUSAL, BLOCK_M, BLOCK_N)
     dq = _dq_tiles(dq, q, do, lse2, delta, k_desc, v_desc, K, V, stride_kn, stride_vn,
                    mask_base, stride_mm, stride_mn, dmask_base, offs_m, 0, n_int, L_q, L_k,
-                   kv_len, D, qk_scale, masked_score, seed, bh, dropout_p, drop_scale, MASKED,
+                   kv_len, D, causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
+                   MASKED,
                    False, False, CAUSAL, MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION,
                    TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     if CAUSAL or not EVEN_N:
         dq = _dq_tiles(dq, q, do, lse2, delta, k_desc, v_desc, K, V, stride_kn, stride_vn,
                        mask_base, stride_mm, stride_mn, dmask_base, offs_m, n_int, hi, L_q,
-                       L_k, kv_len, D, qk_scale, masked_score, seed, bh, dropout_p, drop_scale,
+                       L_k, kv_len, D, causal_off, qk_scale, masked_score, seed, bh, dropout_p,
+                       drop_scale,
                        MASKED, True, CAUSAL, CAUSAL, MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT,
                        PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     return dq

@@ -5,7 +5,8 @@ padding.  Sequence b owns the query rows cu_q[b]:cu_q[b+1] and the key rows cu_k
 for every b and head h (L_q = cu_q[b+1] - cu_q[b], L_k likewise)
 
     S = scale * Q_b K_b^T                 (L_q, L_k)
-    S[j > i] = -inf                       CAUSAL (top-left aligned within the sequence)
+    S[j > i + off] = -inf                 CAUSAL: off = 0 (top-left aligned within the
+                                          sequence) or L_k - L_q (bottom_right = 1)
     P = softmax(S),   LSE = logsumexp(S)  (natural log, fp32)
     O_b = (P * Z / (1 - p)) V_b          Z: the dropout keep mask when DROPOUT, else 1
 
@@ -16,7 +17,8 @@ A sequence with L_k == 0 and L_q > 0 gives O = 0 (and LSE = +inf, so its gradien
 
 Pointers (token and head strides are free; the last dim of q/k/v/o must have stride 1):
 
-    Q, O, dO, dQ  (total_q, H, D)       K, V, dK, dV  (total_k, H, D)
+    Q, O, dO, dQ  (total_q, H, D)       K, V, dK, dV  (total_k, H_kv, D), H_kv = H / kv_group
+                                        (query head h reads kv head h // kv_group, as padded)
     CU_Q (B + 1,), CU_K (B + 1,)        int32 cumulative sequence lengths, CU[0] == 0
     LSE, DELTA    (H, total_q)          contiguous fp32
 
@@ -49,11 +51,13 @@ def _sequence(CU, b, max_seqlen):
     return start.to(tl.int64), tl.minimum(end - start, max_seqlen)
 
 
+
 @triton.jit
 def varlen_attention_fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, SEED,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-    H, total_q, max_seqlen_q, max_seqlen_k, D,
+    H, kv_group, total_q, max_seqlen_q, max_seqlen_k, D,
+    bottom_right,  # CAUSAL: 1 aligns each sequence's diagonal bottom-right, 0 top-left
     qk_scale,  # scale * log2(e), >= 0
     dropout_p,
     CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr,
@@ -68,18 +72,19 @@ def varlen_attention_fwd_kernel(
         return
     k_start, L_k = _sequence(CU_K, b, max_seqlen_k)
     q_base = Q + q_start * stride_qt + h * stride_qh
-    k_base = K + k_start * stride_kt + h * stride_kh
-    v_base = V + k_start * stride_vt + h * stride_vh
+    k_base = K + k_start * stride_kt + (h // kv_group) * stride_kh
+    v_base = V + k_start * stride_vt + (h // kv_group) * stride_vh
     o_base = O + q_start * stride_ot + h * stride_oh
     k_desc = _rows_source(k_base, L_k, D, stride_kt, BLOCK_N, BLOCK_D, TMA)
     v_desc = _rows_source(v_base, L_k, D, stride_vt, BLOCK_N, BLOCK_D, TMA)
     q = _load_rows(_rows_source(q_base, L_q, D, stride_qt, BLOCK_M, BLOCK_D, TMA), q_base,
                    stride_qt, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True, EVEN_D)
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
+    causal_off = bottom_right * (L_k - L_q)  # of the lengths cut at max_seqlen
     acc, l_i, m_i = _fwd_kv_walk(
         q, k_desc, v_desc, k_base, v_base, stride_kt, stride_vt, Q, 0, 0, start_m, L_q, L_k,
-        L_k, D, qk_scale, 0.0, seed, bh, dropout_p, False, CAUSAL, False, 0, False, DROPOUT,
-        PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+        L_k, D, causal_off, qk_scale, 0.0, seed, bh, dropout_p, False, CAUSAL, False, 0, False,
+        DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     out, lse = _fwd_finish(acc, l_i, m_i, drop_scale, DROPOUT)  # no keys: O = 0, LSE = +inf
     _store_rows(O, o_base, stride_ot, start_m, L_q, D, out.to(O.dtype.element_ty), TMA, EVEN_D,
                 BLOCK_M, BLOCK_D)
@@ -92,39 +97,46 @@ def varlen_attention_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, SEED,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-    H, total_q, max_seqlen_q, max_seqlen_k, D,
+    H, kv_group, total_q, max_seqlen_q, max_seqlen_k, D, bottom_right,
     qk_scale, sm_scale, dropout_p,
     CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """One program per (key block, sequence·head): walks the sequence's query blocks."""
-    start_n, bh = _program_tile(max_seqlen_k, BLOCK_N)
-    b = bh // H
-    h = bh % H
+    """One program per (key block, sequence·kv head): walks the sequence's query blocks of
+    each of the kv_group query heads that share the kv head, in order."""
+    start_n, bhk = _program_tile(max_seqlen_k, BLOCK_N)
+    H_kv = H // kv_group
+    b = bhk // H_kv
+    hk = bhk % H_kv
     k_start, L_k = _sequence(CU_K, b, max_seqlen_k)
     if start_n >= L_k:
         return
     q_start, L_q = _sequence(CU_Q, b, max_seqlen_q)
-    k_base = K + k_start * stride_kt + h * stride_kh
-    v_base = V + k_start * stride_vt + h * stride_vh
+    k_base = K + k_start * stride_kt + hk * stride_kh
+    v_base = V + k_start * stride_vt + hk * stride_vh
     k = _load_rows(_rows_source(k_base, L_k, D, stride_kt, BLOCK_N, BLOCK_D, TMA), k_base,
                    stride_kt, start_n, L_k, D, BLOCK_N, BLOCK_D, TMA, True, EVEN_D)
     v = _load_rows(_rows_source(v_base, L_k, D, stride_vt, BLOCK_N, BLOCK_D, TMA), v_base,
                    stride_vt, start_n, L_k, D, BLOCK_N, BLOCK_D, TMA, True, EVEN_D)
-    q_base = Q + q_start * stride_qt + h * stride_qh
-    do_base = DO + q_start * stride_dot + h * stride_doh
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
-    stats = h * total_q + q_start
-    dk, dv = _dkdv_q_walk(
-        k, v, _rows_source(q_base, L_q, D, stride_qt, BLOCK_M, BLOCK_D, TMA),
-        _rows_source(do_base, L_q, D, stride_dot, BLOCK_M, BLOCK_D, TMA), q_base, do_base,
-        stride_qt, stride_dot, LSE + stats, DELTA + stats, Q, 0, 0, start_n, L_q, L_k, L_k, D,
-        qk_scale, 0.0, seed, bh, dropout_p, drop_scale, False, False, CAUSAL, 0, False, DROPOUT,
-        PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
-    _store_rows(DK, DK + k_start * stride_dkt + h * stride_dkh, stride_dkt, start_n, L_k, D,
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    causal_off = bottom_right * (L_k - L_q)  # of the lengths cut at max_seqlen
+    for g in range(0, kv_group):  # the group's query heads in order: deterministic
+        h = hk * kv_group + g
+        q_base = Q + q_start * stride_qt + h * stride_qh
+        do_base = DO + q_start * stride_dot + h * stride_doh
+        stats = h * total_q + q_start
+        dk, dv = _dkdv_q_walk(
+            dk, dv, k, v, _rows_source(q_base, L_q, D, stride_qt, BLOCK_M, BLOCK_D, TMA),
+            _rows_source(do_base, L_q, D, stride_dot, BLOCK_M, BLOCK_D, TMA), q_base, do_base,
+            stride_qt, stride_dot, LSE + stats, DELTA + stats, Q, 0, 0, start_n, L_q, L_k, L_k,
+            D, causal_off, qk_scale, 0.0, seed, b * H + h, dropout_p, drop_scale, False, False,
+            CAUSAL, 0, False, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
+    _store_rows(DK, DK + k_start * stride_dkt + hk * stride_dkh, stride_dkt, start_n, L_k, D,
                 (dk * sm_scale).to(DK.dtype.element_ty), False, EVEN_D, BLOCK_N, BLOCK_D)
-    _store_rows(DV, DV + k_start * stride_dvt + h * stride_dvh, stride_dvt, start_n, L_k, D,
+    _store_rows(DV, DV + k_start * stride_dvt + hk * stride_dvh, stride_dvt, start_n, L_k, D,
                 dv.to(DV.dtype.element_ty), False, EVEN_D, BLOCK_N, BLOCK_D)
 
 
@@ -133,7 +145,7 @@ def varlen_attention_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, SEED,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_dqt, stride_dqh,
-    H, total_q, max_seqlen_q, max_seqlen_k, D,
+    H, kv_group, total_q, max_seqlen_q, max_seqlen_k, D, bottom_right,
     qk_scale, sm_scale, dropout_p,
     CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr,
@@ -158,13 +170,14 @@ def varlen_attention_bwd_dq_kernel(
     lse2 = tl.load(LSE + stats + offs_m, mask=offs_m < L_q, other=float("inf")) * LOG2E
     delta = tl.load(DELTA + stats + offs_m, mask=offs_m < L_q, other=0.0)
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
-    k_base = K + k_start * stride_kt + h * stride_kh
-    v_base = V + k_start * stride_vt + h * stride_vh
+    k_base = K + k_start * stride_kt + (h // kv_group) * stride_kh
+    v_base = V + k_start * stride_vt + (h // kv_group) * stride_vh
     dq = _dq_kv_walk(
         q, do, lse2, delta, _rows_source(k_base, L_k, D, stride_kt, BLOCK_N, BLOCK_D, TMA),
         _rows_source(v_base, L_k, D, stride_vt, BLOCK_N, BLOCK_D, TMA), k_base, v_base,
-        stride_kt, stride_vt, Q, 0, 0, Q, start_m, L_q, L_k, L_k, D, qk_scale, 0.0, seed, bh,
-        dropout_p, drop_scale, False, CAUSAL, False, 0, False, False, DROPOUT, PRECISION, TMA,
+        stride_kt, stride_vt, Q, 0, 0, Q, start_m, L_q, L_k, L_k, D,
+        bottom_right * (L_k - L_q), qk_scale, 0.0, seed, bh, dropout_p,
+        drop_scale, False, CAUSAL, False, 0, False, False, DROPOUT, PRECISION, TMA,
         EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     _store_rows(DQ, DQ + q_start * stride_dqt + h * stride_dqh, stride_dqt, start_m, L_q, D,
                 (dq * sm_scale).to(DQ.dtype.element_ty), False, EVEN_D, BLOCK_M, BLOCK_D)

@@ -69,8 +69,8 @@ def aot_specs(capability_major: int):
                 sig[name] = ptr_types[dtype]
         for i in range(_N_STRIDES[kernel]):
             sig[f"s{i}"] = "i32"
-        sig.update({"H": "i32", "total_q": "i32", "max_seqlen_q": "i32", "max_seqlen_k": "i32",
-                    "D": "i32", "qk_scale": "fp32"})
+        sig.update({"H": "i32", "kv_group": "i32", "total_q": "i32", "max_seqlen_q": "i32",
+                    "max_seqlen_k": "i32", "D": "i32", "bottom_right": "i32", "qk_scale": "fp32"})
         if kernel != "fwd":
             sig["sm_scale"] = "fp32"
         sig["dropout_p"] = "fp32"

@@ -7,7 +7,12 @@ Ops (registered under the ``fastattn`` namespace, so ``torch.compile`` sees each
     fastattn::attention_bwd(dout, q, k, v, out, lse, mask?, mask_kind, causal, scale,
                             dropout_p, seed?) -> (dq, dk, dv)
 
-q: (N, H, L_q, D), k / v: (N, H, L_k, D), any strides with the last one 1 (others are copied).
+q: (N, H, L_q, D), k / v: (N, H_kv, L_k, D) with H a multiple of H_kv (grouped-query attention:
+query head h reads kv head h // (H // H_kv), K / V are never expanded), any strides with the
+last one 1 (others are copied).
+causal: CAUSAL_NONE (0), CAUSAL_TOP_LEFT (1: query i sees key j <= i; True is 1) or
+CAUSAL_BOTTOM_RIGHT (2: j <= i + L_k - L_q, flash-attention's alignment; a row that sees no key
+gives 0 and zero gradients).
 mask: a tensor broadcastable to (N, H, L_q, L_k); a 2-D mask is a key-padding mask (N, L_k).
 It is passed through as given and addressed through stride-0 views inside the launcher, never
 expanded into memory.  out: (N, H, L_q, D) laid out in memory as (N, L_q, H, D), so that merging
@@ -35,6 +40,8 @@ from fastattn.ops.launch import (  # noqa: F401  (_DTYPE_NAMES, _smem_limit: old
     draw_dropout_seed, ensure_tma_allocator, last_dim_contiguous, launch_on, tma_compatible,
     tma_supported)
 from fastattn.kernels.attention_configs import DROPOUT_MASK_BLOCK, block_d_for, pick_config
+
+CAUSAL_NONE, CAUSAL_TOP_LEFT, CAUSAL_BOTTOM_RIGHT = 0, 1, 2
 
 def _mask_view(mask: Optional[torch.Tensor], ref: torch.Tensor, shape) -> Tuple[torch.Tensor, tuple]:
     """(tensor to point at, its 4 strides) for a mask viewed as ``shape`` = (N, H, L_q, L_k).
@@ -100,6 +107,11 @@ def dropout_keep_mask(seed: torch.Tensor, shape, dropout_p: float) -> torch.Tens
     return z.bool()
 
 
+def causal_offset(causal: int, lq: int, lk: int) -> int:
+    """The kernels' causal_off: query i sees key j when j <= i + causal_off."""
+    return lk - lq if causal == CAUSAL_BOTTOM_RIGHT else 0
+
+
 def _config(kernel, q, mask_kind, length, layout, dropout):
     return pick_config(kernel, q.shape[-1], _DTYPE_NAMES[q.dtype], mask_kind, length,
                        _smem_limit(q.device), interpreter=interpreter_enabled(),
@@ -115,7 +127,7 @@ def _key_lengths(mask_t, strides, mask_kind: int, layout: str, ref: torch.Tensor
     return ref, False
 
 
-def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float,
+def attention_forward(q, k, v, mask, mask_kind: int, causal: int, scale: float,
                       dropout_p: float = 0.0, seed: Optional[torch.Tensor] = None):
     """Launch the forward kernel; returns (out, lse)."""
     from fastattn.kernels.attention import attention_fwd_kernel
@@ -146,7 +158,8 @@ def attention_forward(q, k, v, mask, mask_kind: int, causal: bool, scale: float,
         attention_fwd_kernel[grid](
             q, k, v, mask_t, lens, out, lse, _seed_arg(seed, lse, dropout_p),
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *out.stride()[:3],
-            h, lq, lk, d, qk_scale, _masked_raw(masked_score, qk_scale), float(dropout_p),
+            h, h // k.shape[1], lq, lk, d, causal_offset(causal, lq, lk), qk_scale,
+            _masked_raw(masked_score, qk_scale), float(dropout_p),
             MASK_KIND=mask_kind, MASK_ROW=layout == "row", KEY_LENGTHS=key_lengths,
             CAUSAL=bool(causal), EVEN_N=lk % cfg.block_n == 0, EVEN_D=d == block_d, TMA=tma,
             PRECISION=_precision(q.dtype), DROPOUT=dropout_p > 0,
@@ -166,11 +179,12 @@ def _reduce_to_mask(dmask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return dmask.reshape(mask.shape).to(mask.dtype)
 
 
-def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bool,
+def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: int,
                        scale: float, dropout_p: float = 0.0,
                        seed: Optional[torch.Tensor] = None, mask_grad: bool = False):
     """Launch the three backward kernels; returns (dq, dk, dv, dmask).  Deterministic: no
-    atomics.  ``mask_grad`` (additive masks only): dmask is the gradient of ``mask``, in its
+    atomics (with H_kv < H, one dK/dV program sums its kv head's query heads in order).
+    ``mask_grad`` (additive masks only): dmask is the gradient of ``mask``, in its
     shape and dtype (dS written by the dQ kernel, then summed over the broadcast dims); else
     dmask is an empty tensor."""
     from fastattn.kernels.attention import (
@@ -178,7 +192,7 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
 
     q, k, v, out, dout = (last_dim_contiguous(t) for t in (q, k, v, out, dout))
     n, h, lq, d = q.shape
-    lk = k.shape[2]
+    h_kv, lk = k.shape[1], k.shape[2]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     mask_grad = bool(mask_grad) and mask is not None and mask_kind == 2
     dmask = lse.new_zeros((n, h, lq, lk) if mask_grad else (0,))
@@ -205,11 +219,12 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
             out, dout, delta, *out.stride()[:3], *dout.stride()[:3], h, lq, d,
             BLOCK_M=pre_m, BLOCK_D=block_d)
         cfg = _config("bwd_dkdv", q, mask_kind, lk, layout, dropout_p > 0)
-        attention_bwd_dkdv_kernel[(cdiv(lk, cfg.block_n) * n * h,)](
+        attention_bwd_dkdv_kernel[(cdiv(lk, cfg.block_n) * n * h_kv,)](
             q, k, v, mask_t, lens, dout, lse, delta, dk, dv, seed_t,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
             *dk.stride()[:3], *dv.stride()[:3],
-            h, lq, lk, d, qk_scale, scale, masked_score, float(dropout_p),
+            h, h // h_kv, lq, lk, d, causal_offset(causal, lq, lk), qk_scale, scale,
+            masked_score, float(dropout_p),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, **common)
         cfg = _config("bwd_dq", q, mask_kind, lq, layout, dropout_p > 0)
@@ -217,7 +232,8 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
             q, k, v, mask_t, lens, dout, lse, delta, dq, dmask if mask_grad else lse, seed_t,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *dout.stride()[:3],
             *dq.stride()[:3],
-            h, lq, lk, d, qk_scale, scale, masked_score, float(dropout_p),
+            h, h // h_kv, lq, lk, d, causal_offset(causal, lq, lk), qk_scale, scale,
+            masked_score, float(dropout_p),
             EVEN_N=lk % cfg.block_n == 0, MASK_GRAD=mask_grad, BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common)
     return dq, dk, dv, _reduce_to_mask(dmask, mask) if mask_grad else dmask
@@ -228,7 +244,7 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: bo
 
 @torch.library.custom_op("fastattn::attention_fwd", mutates_args=())
 def attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     mask: Optional[torch.Tensor], mask_kind: int, causal: bool,
+                     mask: Optional[torch.Tensor], mask_kind: int, causal: int,
                      scale: float, dropout_p: float = 0.0,
                      seed: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     return attention_forward(q, k, v, mask, mask_kind, causal, scale, dropout_p, seed)
@@ -244,7 +260,7 @@ def _(q, k, v, mask, mask_kind, causal, scale, dropout_p=0.0, seed=None):
 @torch.library.custom_op("fastattn::attention_bwd", mutates_args=())
 def attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      out: torch.Tensor, lse: torch.Tensor, mask: Optional[torch.Tensor],
-                     mask_kind: int, causal: bool, scale: float, dropout_p: float = 0.0,
+                     mask_kind: int, causal: int, scale: float, dropout_p: float = 0.0,
                      seed: Optional[torch.Tensor] = None, mask_grad: bool = False,
                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return attention_backward(dout, q, k, v, out, lse, mask, mask_kind, causal, scale,
@@ -284,7 +300,7 @@ def _backward(ctx, dout, _dlse):
 attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def triton_attention(q, k, v, mask, mask_kind: int, causal: bool, scale: Optional[float],
+def triton_attention(q, k, v, mask, mask_kind: int, causal: int, scale: Optional[float],
                      dropout_p: float = 0.0, seed: Optional[torch.Tensor] = None
                      ) -> torch.Tensor:
     """Differentiable fused attention through the registered op; returns (N, H, L_q, D).
@@ -296,4 +312,4 @@ def triton_attention(q, k, v, mask, mask_kind: int, causal: bool, scale: Optiona
         seed = draw_dropout_seed(q.device)
     if dropout_p == 0:
         seed = None
-    return attention_fwd_op(q, k, v, mask, mask_kind, causal, scale, dropout_p, seed)[0]
+    return attention_fwd_op(q, k, v, mask, mask_kind, int(causal), scale, dropout_p, seed)[0]

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 MASK_NONE, MASK_KEEP, MASK_ADD, MASK_EXCLUDE = 0, 1, 2, 3  # see fastattn.ops.attention
+CAUSAL_BOTTOM_RIGHT = 2  # fastattn.ops.attention's causal code
 
 
 def _as_4d(mask: torch.Tensor, key_padding_2d: bool) -> torch.Tensor:
@@ -38,31 +39,41 @@ def _as_4d(mask: torch.Tensor, key_padding_2d: bool) -> torch.Tensor:
     return mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
 
 
-def _causal(lq: int, lk: int, device) -> torch.Tensor:
-    """(L_q, L_k) bool, True where key j may be seen by query i (j <= i, top-left aligned)."""
-    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril()
+def _causal(lq: int, lk: int, device, offset: int = 0) -> torch.Tensor:
+    """(L_q, L_k) bool, True where key j may be seen by query i (j <= i + offset: 0 top-left
+    aligned, L_k - L_q bottom-right)."""
+    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(offset)
 
 
-def _causal_mean(v: torch.Tensor, lq: int) -> torch.Tensor:
-    """(N, H, L_q, D): row i is the mean of v[..., :i + 1, :] (all of v past its end)."""
+def _causal_mean(v: torch.Tensor, lq: int, offset: int = 0) -> torch.Tensor:
+    """(N, H, L_q, D): row i is the mean of v[..., :i + offset + 1, :] (all of v past its
+    end, 0 for a row that sees no key)."""
     lk = v.shape[-2]
-    last = torch.arange(lq, device=v.device).clamp(max=lk - 1)
+    seen = torch.arange(lq, device=v.device) + offset + 1
+    last = (seen - 1).clamp(min=0, max=lk - 1)
     sums = v.float().cumsum(-2).index_select(-2, last)
-    return (sums / (last + 1).to(sums.dtype)[:, None]).to(v.dtype)
+    mean = sums / seen.clamp(min=1, max=lk).to(sums.dtype)[:, None]
+    return torch.where((seen > 0)[:, None], mean, 0.0).to(v.dtype)
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   mask: Optional[torch.Tensor], mask_kind: int, causal: bool,
+                   mask: Optional[torch.Tensor], mask_kind: int, causal: int,
                    scale: Optional[float]) -> torch.Tensor:
     """Attention with fastattn's semantics on torch's SDPA.
 
     mask_kind: MASK_NONE; MASK_KEEP (guide's rule, ``mask == 0`` masked, any dtype, a 2-D mask
     is (N, L_k) key padding); MASK_EXCLUDE (bool, True attends); MASK_ADD (float, added).
+    causal: 0 none, 1 top-left, 2 bottom-right (query i sees key j <= i + L_k - L_q; a row
+    that sees no key gives 0).
     Returns (N, H, L_q, D) in q's dtype; differentiable in q, k, v.
     """
     lq, lk = q.shape[-2], k.shape[-2]
-    if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal and lq > 0, scale=scale)
+    offset = lk - lq if causal == CAUSAL_BOTTOM_RIGHT else 0
+    if mask is None and (offset == 0 or not causal):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal) and lq > 0,
+                                              scale=scale)
+    if mask is None:  # bottom-right: the diagonal as a mask
+        mask, mask_kind = _causal(lq, lk, q.device, offset)[None, None], MASK_EXCLUDE
     mask = _as_4d(mask, key_padding_2d=mask_kind == MASK_KEEP)
     if mask_kind == MASK_ADD:
         add = mask.to(q.dtype)
@@ -71,7 +82,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         allowed = mask if mask.dtype == torch.bool else mask != 0
         add = None
     if causal:
-        allowed = allowed & _causal(lq, lk, q.device)
+        allowed = allowed & _causal(lq, lk, q.device, offset)
     empty = ~allowed.any(-1, keepdim=True)  # (…, L_q or 1, 1): rows that keep no key
     if not torch.compiler.is_compiling() and not bool(empty.any()):  # traced: no host read
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed if add is None else (
@@ -82,7 +93,8 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         attn_mask = add.masked_fill(~allowed, float("-inf")).masked_fill(empty, 0.0)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     if mask_kind == MASK_KEEP:  # the guide's rule: every allowed score is -1e10, uniform weights
-        fill = _causal_mean(v, lq) if causal else v.float().mean(-2, keepdim=True).to(v.dtype)
+        fill = (_causal_mean(v, lq, offset) if causal
+                else v.float().mean(-2, keepdim=True).to(v.dtype))
     else:
         fill = torch.zeros((), dtype=out.dtype, device=out.device)
     return torch.where(empty, fill, out)

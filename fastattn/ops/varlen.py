@@ -31,6 +31,7 @@ from fastattn.backends import interpreter_enabled
 from fastattn.kernels.attention_configs import block_d_for
 from fastattn.kernels.attention_varlen_configs import (
     INTERPRETER_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M, pick_varlen_config)
+from fastattn.ops.attention import CAUSAL_BOTTOM_RIGHT
 from fastattn.ops.launch import (
     _DTYPE_NAMES, _precision, _seed_arg, _smem_limit, cdiv, ensure_tma_allocator,
     last_dim_contiguous, launch_on, tma_compatible, tma_supported)
@@ -47,7 +48,7 @@ def _config(kernel: str, q: torch.Tensor, max_seqlen: int, dropout: bool):
 
 # ------------------------------------------------------------------------------ launchers
 
-def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, scale: float,
+def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: int, scale: float,
                    dropout_p: float = 0.0, seed: Optional[torch.Tensor] = None):
     """Launch the forward kernel; returns (out (total_q, H, D), lse (H, total_q) fp32)."""
     from fastattn.kernels.attention_varlen import varlen_attention_fwd_kernel
@@ -75,23 +76,26 @@ def varlen_forward(q, k, v, cu_q, cu_k, max_q: int, max_k: int, causal: bool, sc
         varlen_attention_fwd_kernel[grid](
             q, k, v, out, lse, cu_q, cu_k, _seed_arg(seed, lse, dropout_p),
             *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *out.stride()[:2],
-            h, total_q, max_q, max_k, d, scale * LOG2E, float(dropout_p),
+            h, h // k.shape[1], total_q, max_q, max_k, d, int(causal == CAUSAL_BOTTOM_RIGHT),
+            scale * LOG2E, float(dropout_p),
             CAUSAL=bool(causal), EVEN_D=d == block_d, TMA=tma, PRECISION=_precision(q.dtype),
             DROPOUT=dropout_p > 0, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse
 
 
-def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int, causal: bool,
+def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int, causal: int,
                     scale: float, dropout_p: float = 0.0, seed: Optional[torch.Tensor] = None):
     """Launch the delta preprocess, dK/dV and dQ kernels; returns (dq, dk, dv).
-    Deterministic: no atomics."""
+    Deterministic: no atomics (with H_kv < H, one dK/dV program sums its kv head's query
+    heads in order)."""
     from fastattn.kernels.attention_varlen import (
         attention_bwd_preprocess_kernel, varlen_attention_bwd_dkdv_kernel,
         varlen_attention_bwd_dq_kernel)
 
     q, k, v, out, dout = (last_dim_contiguous(t) for t in (q, k, v, out, dout))
     total_q, h, d = q.shape
+    h_kv = k.shape[1]
     batch = cu_q.shape[0] - 1
     # zeros: rows in no sequence, or past max_q / max_k, are never written
     dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
@@ -106,6 +110,7 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
         ensure_tma_allocator()
     common = dict(CAUSAL=bool(causal), EVEN_D=d == block_d, TMA=tma,
                   PRECISION=_precision(q.dtype), DROPOUT=dropout_p > 0, BLOCK_D=block_d)
+    bottom_right = int(causal == CAUSAL_BOTTOM_RIGHT)
     seed_t = _seed_arg(seed, lse, dropout_p)
     qk_scale = scale * LOG2E
     if max_k <= 0:
@@ -120,11 +125,12 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
             dout.stride(0), h, total_q, d, BLOCK_M=pre_m, BLOCK_D=block_d)
         if max_k > 0:
             cfg = _config("bwd_dkdv", q, max_k, dropout_p > 0)
-            varlen_attention_bwd_dkdv_kernel[(cdiv(max_k, cfg.block_n) * batch * h,)](
+            varlen_attention_bwd_dkdv_kernel[(cdiv(max_k, cfg.block_n) * batch * h_kv,)](
                 q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, seed_t,
                 *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *dout.stride()[:2],
                 *dk.stride()[:2], *dv.stride()[:2],
-                h, total_q, max_q, max_k, d, qk_scale, scale, float(dropout_p),
+                h, h // h_kv, total_q, max_q, max_k, d, bottom_right, qk_scale, scale,
+                float(dropout_p),
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages, **common)
         if max_q > 0:
@@ -133,7 +139,8 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
                 q, k, v, dout, lse, delta, dq, cu_q, cu_k, seed_t,
                 *q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *dout.stride()[:2],
                 *dq.stride()[:2],
-                h, total_q, max_q, max_k, d, qk_scale, scale, float(dropout_p),
+                h, h // h_kv, total_q, max_q, max_k, d, bottom_right, qk_scale, scale,
+                float(dropout_p),
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages, **common)
     return dq, dk, dv
@@ -144,7 +151,7 @@ def varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, max_k: int,
 @torch.library.custom_op("fastattn::varlen_attention_fwd", mutates_args=())
 def varlen_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
-                            max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                            max_seqlen_q: int, max_seqlen_k: int, causal: int,
                             scale: float, dropout_p: float = 0.0,
                             seed: Optional[torch.Tensor] = None
                             ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +170,7 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, s
 def varlen_attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                             v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                             cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
-                            max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                            max_seqlen_q: int, max_seqlen_k: int, causal: int,
                             scale: float, dropout_p: float = 0.0,
                             seed: Optional[torch.Tensor] = None
                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
