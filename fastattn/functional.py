@@ -37,13 +37,14 @@ from fastattn.ops.feedforward import feedforward_fwd_op
 from fastattn.ops.launch import last_dim_contiguous
 from fastattn.ops.layer_norm import layer_norm_fwd_op
 from fastattn.cuda_limits import cuda_limit
+from fastattn.enums import MaskKind
 from fastattn.ops.layer_norm_cuda import cuda_layer_norm
 from fastattn.ops.varlen import varlen_attention_fwd_op
 from fastattn.padding import pad_input, unpad_input  # noqa: F401  (public through here too)
 from fastattn.torch_paths import (torch_attention, torch_feedforward, torch_layer_norm,
                                   torch_varlen, torch_varlen_traced)
 
-MASK_NONE, MASK_KEEP, MASK_ADD, MASK_EXCLUDE = 0, 1, 2, 3  # see fastattn.ops.attention
+MASK_NONE, MASK_KEEP, MASK_ADD, MASK_EXCLUDE = map(int, MaskKind)  # op-level (fastattn.enums)
 SUPPORTED_DTYPES = KERNEL_DTYPES
 
 

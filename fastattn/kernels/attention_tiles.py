@@ -27,9 +27,9 @@ The dropout helpers and the mask helpers used by the walks live here too.
 import triton
 import triton.language as tl
 
-MASK_NONE = 0
-MASK_KEEP = 1
-MASK_ADD = 2
+from fastattn.enums import MaskKind
+
+MASK_NONE, MASK_KEEP, MASK_ADD = int(MaskKind.NONE), int(MaskKind.KEEP), int(MaskKind.ADD)
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)

@@ -25,11 +25,13 @@ import dataclasses
 import itertools
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from fastattn.enums import ACTIVATION_NAMES
+
 DTYPES = ("float32", "float16", "bfloat16")
 HALF_DTYPES = ("float16", "bfloat16")
 SMALL_M = 512
 # Activation name -> the kernels' ACTIVATION / ACT_GRAD code (kernels/matmul.py).
-ACTIVATIONS = {"relu": 1, "gelu": 2, "gelu_tanh": 3}
+ACTIVATIONS = {name: int(code) for name, code in ACTIVATION_NAMES.items()}
 
 # Epilogue switches: name -> (HAS_BIAS, ACTIVATION, STORE_PRE, ACT_GRAD, HAS_RESIDUAL)
 EPILOGUES: Dict[str, Tuple[bool, int, bool, int, bool]] = {

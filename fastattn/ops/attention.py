@@ -34,6 +34,7 @@ from typing import Optional, Tuple
 import torch
 
 from fastattn.backends import interpreter_enabled
+from fastattn.enums import MaskKind
 from fastattn.ops.key_lengths import key_padding_lengths
 from fastattn.ops.launch import (  # noqa: F401  (_DTYPE_NAMES, _smem_limit: old import path)
     _DTYPE_NAMES, _device_smem_limit, _precision, _seed_arg, _smem_limit, cdiv,
@@ -66,8 +67,8 @@ def _kernel_mask(mask_kind: int) -> Tuple[int, float]:
     0 none; 1 keep, mask == 0 scores -1e10 (the guide's rule); 2 additive;
     3 keep, mask == 0 scores -inf (torch's bool attn_mask: a fully masked row gives 0).
     """
-    if mask_kind == 3:
-        return 1, float("-inf")
+    if mask_kind == MaskKind.EXCLUDE:
+        return int(MaskKind.KEEP), float("-inf")
     return mask_kind, -1.0e10
 
 
@@ -122,7 +123,7 @@ def _key_lengths(mask_t, strides, mask_kind: int, layout: str, ref: torch.Tensor
     """(LENS argument, KEY_LENGTHS) for the kernels: per-sequence prefix lengths of a
     key-padding keep mask that is the same for every head (computed on the device, no host
     sync); a dummy pointer and False for every other mask."""
-    if mask_kind == 1 and layout == "row" and strides[1] == 0:
+    if mask_kind == MaskKind.KEEP and layout == "row" and strides[1] == 0:
         return key_padding_lengths(mask_t[:, 0, 0, :]), True
     return ref, False
 
@@ -194,7 +195,7 @@ def attention_backward(dout, q, k, v, out, lse, mask, mask_kind: int, causal: in
     n, h, lq, d = q.shape
     h_kv, lk = k.shape[1], k.shape[2]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    mask_grad = bool(mask_grad) and mask is not None and mask_kind == 2
+    mask_grad = bool(mask_grad) and mask is not None and mask_kind == MaskKind.ADD
     dmask = lse.new_zeros((n, h, lq, lk) if mask_grad else (0,))
     if q.numel() == 0 or k.numel() == 0:
         return (dq.zero_(), dk.zero_(), dv.zero_(),
@@ -270,7 +271,7 @@ def attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
 @attention_bwd_op.register_fake
 def _(dout, q, k, v, out, lse, mask, mask_kind, causal, scale, dropout_p=0.0, seed=None,
       mask_grad=False):
-    mask_grad = mask_grad and mask is not None and mask_kind == 2
+    mask_grad = mask_grad and mask is not None and mask_kind == MaskKind.ADD
     return (torch.empty_like(last_dim_contiguous(q)), torch.empty_like(last_dim_contiguous(k)),
             torch.empty_like(last_dim_contiguous(v)),
             torch.empty_like(mask) if mask_grad else lse.new_empty(0))
@@ -291,7 +292,7 @@ def _backward(ctx, dout, _dlse):
     """dq, dk, dv, and for an additive mask that requires grad (a learned bias) its gradient;
     None for the other inputs."""
     q, k, v, out, lse, mask, seed = ctx.saved_tensors
-    mask_grad = ctx.mask_kind == 2 and ctx.needs_input_grad[3]
+    mask_grad = ctx.mask_kind == MaskKind.ADD and ctx.needs_input_grad[3]
     dq, dk, dv, dmask = attention_bwd_op(dout, q, k, v, out, lse, mask, ctx.mask_kind,
                                          ctx.causal, ctx.scale, ctx.dropout_p, seed, mask_grad)
     return (dq, dk, dv, dmask if mask_grad else None) + (None,) * (ctx.n_inputs - 4)

@@ -33,13 +33,14 @@ from typing import Optional, Tuple
 import torch
 
 from fastattn.cuda_limits import cuda_limit
+from fastattn.enums import MaskKind
 from fastattn.ops.attention import _backward, _setup_context, triton_attention
 from fastattn.ops.key_lengths import key_padding_lengths
 
 CUDA_DTYPES = (torch.float16, torch.bfloat16)
 
 
-KEEP = 1  # op-level mask_kind of a keep mask (mask == 0 -> -1e10)
+KEEP = int(MaskKind.KEEP)  # op-level mask_kind of a keep mask (mask == 0 -> -1e10)
 
 
 def _extension():
@@ -94,7 +95,7 @@ def _(q, k, v, mask, mask_kind, causal, scale):
 cuda_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-MASK_EXCLUDE = 3  # torch's bool attn_mask (mask == 0 -> -inf): the Triton kernels serve it
+MASK_EXCLUDE = int(MaskKind.EXCLUDE)  # torch's bool attn_mask (mask == 0 -> -inf): on Triton
 
 
 def runs_cuda_kernel(q: torch.Tensor, mask_kind: int = 0) -> bool:

@@ -29,7 +29,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-MASK_NONE, MASK_KEEP, MASK_ADD, MASK_EXCLUDE = 0, 1, 2, 3  # see fastattn.ops.attention
+from fastattn.enums import MaskKind
+
+MASK_NONE, MASK_KEEP, MASK_ADD, MASK_EXCLUDE = map(int, MaskKind)  # op-level mask kinds
 CAUSAL_BOTTOM_RIGHT = 2  # fastattn.ops.attention's causal code
 
 
