@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fastattn
-from fastattn.ops.varlen import _torch_varlen_traced
+from fastattn.torch_paths import torch_varlen_traced
 from fastattn.reference import attention_reference
 from tests.helpers import DEVICE, GRAD_FACTOR, assert_close_to_reference
 
@@ -177,7 +177,7 @@ def test_varlen_triton(lens_q, lens_k, h, h_kv, causal, dtype):
 def test_varlen_torch_backend(lens_q, lens_k, h, h_kv, causal, dtype):
     q, k, v, cu_q, cu_k, out = _varlen_case(lens_q, lens_k, h, h_kv, causal, dtype, "torch")
     code = {True: 1, "bottom_right": 2}[causal]  # the traced path (torch.compile / export)
-    traced = _torch_varlen_traced(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), code,
+    traced = torch_varlen_traced(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), code,
                                   16 ** -0.5)
     torch.testing.assert_close(traced, out, atol=2e-3, rtol=2e-3)
 
