@@ -352,11 +352,17 @@ def optimize(model: nn.Module, *, attention: bool = True, layer_norm: bool = Tru
             for every swapped op.
     Returns:
         ``model``, with the same parameters (identical objects) and state dict keys.
+    Raises:
+        ValueError when ``model`` holds no transformers model, BERT encoder or LayerNorm.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    if not _outermost_models(model) and not any(
+            isinstance(m, nn.LayerNorm) or is_bert_encoder(m) for m in model.modules()):
+        raise ValueError(f"model ({type(model).__name__}) holds nothing fastattn.optimize can "
+                         f"swap: no transformers model, BERT encoder or nn.LayerNorm inside")
     if attention:
         for sub in _outermost_models(model):
             _swap_attention(sub, backend)

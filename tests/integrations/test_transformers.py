@@ -363,6 +363,8 @@ def test_optimize_rejects_bad_arguments():
         fastattn.optimize("bert")
     with pytest.raises(ValueError, match="backend"):
         fastattn.optimize(bert(), backend="tpu")
+    with pytest.raises(ValueError, match="nothing fastattn.optimize can swap"):
+        fastattn.optimize(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()))
 
 
 @pytest.mark.skipif(HAS_INTERFACE, reason="transformers 4.x path: tested where 4.x is installed")
