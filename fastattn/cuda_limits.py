@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 from typing import Dict
 
+import torch
+
 # The C++ constants (kAttentionMaxHeadDim in csrc/attention/attention_params.h,
 # kLayerNormBwdMaxCols in csrc/layer_norm/layer_norm.h), for when the extension is absent.
 FALLBACK: Dict[str, int] = {
@@ -32,10 +34,18 @@ def _extension_ops():
     return torch.ops.fastattn
 
 
-@functools.lru_cache(maxsize=None)
 def cuda_limit(name: str) -> int:
-    """The named limit (see the module docstring); ValueError naming ``name`` if unknown."""
+    """The named limit (see the module docstring); ValueError naming ``name`` if unknown.
+    While torch.compile traces, :data:`FALLBACK` (the same constants, as the test checks):
+    importing the extension there would break the graph."""
     if name not in FALLBACK:
         raise ValueError(f"name must be one of {tuple(FALLBACK)}, got {name!r}")
+    if torch.compiler.is_compiling():
+        return FALLBACK[name]
+    return _read_limit(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _read_limit(name: str) -> int:
     ops = _extension_ops()
     return int(ops.cuda_limit(name)) if ops is not None else FALLBACK[name]

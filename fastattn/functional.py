@@ -455,7 +455,7 @@ def layer_norm(x: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
     _check_layer_norm(x, shape, weight, bias, eps, residual)
     n = math.prod(shape)
     # the CUDA extension has kernels for rows of up to its layer_norm_bwd_max_cols elements
-    cuda_kernel = n <= cuda_limit("layer_norm_bwd_max_cols")
+    cuda_kernel = x.device.type != "cuda" or n <= cuda_limit("layer_norm_bwd_max_cols")
     chosen = choose_backend("layer_norm", backend, x.device, cuda_kernel=cuda_kernel,
                             refusal=kernel_refusal(x, "x", what="fused LayerNorm kernels"))
     if chosen == "torch":

@@ -22,9 +22,9 @@ def cpp_constant(header, name):
 @pytest.fixture
 def no_extension(monkeypatch):
     monkeypatch.setattr(cuda_limits, "_extension_ops", lambda: None)
-    cuda_limits.cuda_limit.cache_clear()
+    cuda_limits._read_limit.cache_clear()
     yield
-    cuda_limits.cuda_limit.cache_clear()
+    cuda_limits._read_limit.cache_clear()
 
 
 def test_fallback_matches_the_cpp_constants():
