@@ -137,13 +137,20 @@ def resolve_backend(backend: Optional[str], device: torch.device) -> str:
         if reason is not None:
             raise BackendUnavailableError(f"backend='triton' is unavailable: {reason}")
     if backend == "cuda":
-        if device.type != "cuda":
-            raise BackendUnavailableError(
-                f"backend='cuda' needs CUDA tensors, got tensors on {device.type}")
-        reason = cuda_extension_error()
-        if reason is not None:
-            raise BackendUnavailableError(f"backend='cuda' is unavailable: {reason}")
+        _raise_if_cuda_unavailable(device)
     return backend
+
+
+def _raise_if_cuda_unavailable(device: torch.device, op: str = "") -> None:
+    """BackendUnavailableError (its message led by ``op``) when ``backend="cuda"`` cannot run
+    on ``device``: not CUDA tensors, or no usable extension."""
+    prefix = f"{op}: " if op else ""
+    if device.type != "cuda":
+        raise BackendUnavailableError(
+            f"{prefix}backend='cuda' needs CUDA tensors, got tensors on {device.type}")
+    reason = cuda_extension_error()
+    if reason is not None:
+        raise BackendUnavailableError(f"{prefix}backend='cuda' is unavailable: {reason}")
 
 
 def kernel_refusal(x: torch.Tensor, name: str = "q", *, head_dim: Optional[int] = None,
@@ -189,12 +196,7 @@ def choose_backend(op: str, backend: Optional[str], device: torch.device, *,
             return "triton"
         return "torch"
     if requested == "cuda":
-        if device.type != "cuda":
-            raise BackendUnavailableError(
-                f"{op}: backend='cuda' needs CUDA tensors, got tensors on {device.type}")
-        reason = cuda_extension_error()
-        if reason is not None:
-            raise BackendUnavailableError(f"{op}: backend='cuda' is unavailable: {reason}")
+        _raise_if_cuda_unavailable(device, op)
     if refusal is not None:
         raise type(refusal)(f"{op}: backend={requested!r} cannot serve this call: {refusal}")
     if requested == "cuda" and cuda_kernel:

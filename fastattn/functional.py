@@ -48,19 +48,26 @@ MASK_NONE, MASK_KEEP, MASK_ADD, MASK_EXCLUDE = map(int, MaskKind)  # op-level (f
 SUPPORTED_DTYPES = KERNEL_DTYPES
 
 
-def _check_qkv(q, k, v, *, gqa: bool = True):
-    """gqa: k and v may have fewer heads than q (H_q a multiple of H_kv)."""
+def _check_qkv_tensors(q, k, v, layout: str):
+    """q, k, v: tensors of ``layout``'s rank (e.g. "(N, H, L, D)"), one floating dtype, one
+    device."""
+    dims = layout.count(",") + 1
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have 4 dims (N, H, L, D), got shape {tuple(t.shape)}")
+        if t.dim() != dims:
+            raise ValueError(f"{name} must have {dims} dims {layout}, got shape {tuple(t.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.dtype.is_floating_point:
         raise TypeError(f"q, k, v must be floating point, got {q.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+
+
+def _check_qkv(q, k, v, *, gqa: bool = True):
+    """gqa: k and v may have fewer heads than q (H_q a multiple of H_kv)."""
+    _check_qkv_tensors(q, k, v, "(N, H, L, D)")
     n, h, _, d = q.shape
     if k.shape[0] != n or v.shape[0] != n:
         raise ValueError(f"q, k, v must share the batch size N; got q {tuple(q.shape)}, "
@@ -277,19 +284,10 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
 
 
 def _check_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
-    for name, t in (("q", q), ("k", k), ("v", v), ("cu_seqlens_q", cu_q),
-                    ("cu_seqlens_k", cu_k)):
+    for name, t in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 3:
-            raise ValueError(f"{name} must have 3 dims (total, H, D), got shape {tuple(t.shape)}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not q.dtype.is_floating_point:
-        raise TypeError(f"q, k, v must be floating point, got {q.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    _check_qkv_tensors(q, k, v, "(total, H, D)")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have one shape (total_k, H, D), got k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}")
