@@ -80,7 +80,7 @@ def varlen_attention_fwd_kernel(
     q = _load_rows(_rows_source(q_base, L_q, D, stride_qt, BLOCK_M, BLOCK_D, TMA), q_base,
                    stride_qt, start_m, L_q, D, BLOCK_M, BLOCK_D, TMA, True, EVEN_D)
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
-    causal_off = bottom_right * (L_k - L_q)  # of the lengths cut at max_seqlen
+    causal_off = tl.where(bottom_right != 0, L_k - L_q, 0)  # of the lengths cut at max_seqlen
     acc, l_i, m_i = _fwd_kv_walk(
         q, k_desc, v_desc, k_base, v_base, stride_kt, stride_vt, Q, 0, 0, start_m, L_q, L_k,
         L_k, D, causal_off, qk_scale, 0.0, seed, bh, dropout_p, False, CAUSAL, False, 0, False,
@@ -122,7 +122,7 @@ def varlen_attention_bwd_dkdv_kernel(
     seed, drop_scale = _dropout_state(SEED, dropout_p, DROPOUT)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    causal_off = bottom_right * (L_k - L_q)  # of the lengths cut at max_seqlen
+    causal_off = tl.where(bottom_right != 0, L_k - L_q, 0)  # of the lengths cut at max_seqlen
     for g in range(0, kv_group):  # the group's query heads in order: deterministic
         h = hk * kv_group + g
         q_base = Q + q_start * stride_qt + h * stride_qh
@@ -176,7 +176,7 @@ def varlen_attention_bwd_dq_kernel(
         q, do, lse2, delta, _rows_source(k_base, L_k, D, stride_kt, BLOCK_N, BLOCK_D, TMA),
         _rows_source(v_base, L_k, D, stride_vt, BLOCK_N, BLOCK_D, TMA), k_base, v_base,
         stride_kt, stride_vt, Q, 0, 0, Q, start_m, L_q, L_k, L_k, D,
-        bottom_right * (L_k - L_q), qk_scale, 0.0, seed, bh, dropout_p,
+        tl.where(bottom_right != 0, L_k - L_q, 0), qk_scale, 0.0, seed, bh, dropout_p,
         drop_scale, False, CAUSAL, False, 0, False, False, DROPOUT, PRECISION, TMA,
         EVEN_D, BLOCK_M, BLOCK_N, BLOCK_D)
     _store_rows(DQ, DQ + q_start * stride_dqt + h * stride_dqh, stride_dqt, start_m, L_q, D,
