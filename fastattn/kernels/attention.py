@@ -316,23 +316,21 @@ def attention_bwd_dq_kernel(
                 q, do, lse2, delta, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn,
                 mask_base, stride_mm, stride_mn, dmask_base, start_m, L_q, L_k, length, D,
                 causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale, False, CAUSAL,
-                False,
-                MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
+                False, MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
                 BLOCK_N, BLOCK_D)
         else:
             dq = _dq_kv_walk(
                 q, do, lse2, delta, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn,
                 mask_base, stride_mm, stride_mn, dmask_base, start_m, L_q, L_k, L_k, D,
                 causal_off, qk_scale, masked_score, seed, bh, dropout_p, drop_scale, True, CAUSAL,
-                EVEN_N,
-                MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
+                EVEN_N, MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
                 BLOCK_N, BLOCK_D)
     else:
         dq = _dq_kv_walk(
             q, do, lse2, delta, k_desc, v_desc, k_base, v_base, stride_kn, stride_vn,
             mask_base, stride_mm, stride_mn, dmask_base, start_m, L_q, L_k, L_k, D, causal_off,
-            qk_scale, masked_score, seed, bh, dropout_p, drop_scale, MASK_KIND != 0, CAUSAL, EVEN_N,
-            MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M, BLOCK_N,
-            BLOCK_D)
+            qk_scale, masked_score, seed, bh, dropout_p, drop_scale, MASK_KIND != 0, CAUSAL,
+            EVEN_N, MASK_KIND, MASK_ROW, MASK_GRAD, DROPOUT, PRECISION, TMA, EVEN_D, BLOCK_M,
+            BLOCK_N, BLOCK_D)
     _store_rows(DQ, DQ + z * stride_dqz + h * stride_dqh, stride_dqm, start_m, L_q, D,
                 (dq * sm_scale).to(DQ.dtype.element_ty), False, EVEN_D, BLOCK_M, BLOCK_D)
